@@ -1,0 +1,172 @@
+"""PostgreSQL access: the schema, the named queries of ``sql/queries.sql``, a connection pool.
+
+Every function here runs one named query. SQL text lives only in ``schema.sql`` and
+``orchestrator/sql/queries.sql``; this module never builds SQL from strings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from orchestrator.errors import ConfigError
+from orchestrator.models import Attempt, Job, Transition
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+QUERIES_PATH = Path(__file__).resolve().parent / "sql" / "queries.sql"
+# Serializes concurrent `migrate` runs (any constant unique to this application will do).
+MIGRATE_LOCK_ID = 0x6F726368  # "orch"
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[Row]
+
+
+@cache
+def queries() -> dict[str, LiteralString]:
+    """Parse ``queries.sql`` into {name: sql}, once per process."""
+    text = QUERIES_PATH.read_text()
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    named = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+    return cast(dict[str, LiteralString], named)
+
+
+def q(name: str) -> LiteralString:
+    return queries()[name]
+
+
+def connect(url: str, *, autocommit: bool = False) -> Conn:
+    return psycopg.connect(url, row_factory=dict_row, autocommit=autocommit)
+
+
+def make_pool(url: str, *, max_size: int, min_size: int = 1) -> ConnectionPool[Conn]:
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=True,
+        kwargs={"row_factory": dict_row},
+        connection_class=psycopg.Connection,
+        check=ConnectionPool.check_connection,
+        name="orchestrator",
+    )
+
+
+def migrate(url: str) -> None:
+    """Apply ``schema.sql`` (idempotent), serialized by an advisory lock."""
+    if not SCHEMA_PATH.exists():
+        raise ConfigError(f"schema file not found at {SCHEMA_PATH}")
+    schema: LiteralString = SCHEMA_PATH.read_text()
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_ID,))
+        try:
+            with conn.transaction():
+                conn.execute(schema)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_ID,))
+
+
+class Store:
+    """The named queries over a pool; each method is one statement (one round trip)."""
+
+    def __init__(self, pool: ConnectionPool[Conn]) -> None:
+        self.pool = pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- inserting -------------------------------------------------------------------------
+
+    def insert_job(self, conn: Conn, params: dict[str, Any]) -> Job | None:
+        row = conn.execute(
+            q("insert_job"), {**params, "params": Jsonb(params["params"])}
+        ).fetchone()
+        return Job.from_row(row) if row else None
+
+    def job_by_key(self, conn: Conn, key: str) -> Job | None:
+        row = conn.execute(q("job_by_key"), {"idempotency_key": key}).fetchone()
+        return Job.from_row(row) if row else None
+
+    def notify_dispatch(self, conn: Conn, job_id: str) -> None:
+        conn.execute(q("notify_dispatch"), {"id": job_id})
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(q("job_by_id"), {"id": job_id}).fetchone()
+        return Job.from_row(row) if row else None
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("job_attempts"), {"id": job_id}).fetchall()
+        return [Attempt.from_row(r) for r in rows]
+
+    def transitions(self, job_id: str) -> list[Transition]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("job_transitions"), {"id": job_id}).fetchall()
+        return [Transition.from_row(r) for r in rows]
+
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        provider: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        args = {"state": state, "kind": kind, "provider": provider, "limit": limit}
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("list_jobs"), args).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("count_by_state")).fetchall()
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    # -- moving jobs -----------------------------------------------------------------------
+
+    def claim(self, job_id: str, owner: str, lease_s: float) -> Row | None:
+        args = {"id": job_id, "owner": owner, "lease_s": lease_s}
+        with self.pool.connection() as conn:
+            return conn.execute(q("claim_job"), args).fetchone()
+
+    def lease_for_lookup(self, job_id: str, owner: str, lease_s: float) -> Row | None:
+        args = {"id": job_id, "owner": owner, "lease_s": lease_s}
+        with self.pool.connection() as conn:
+            return conn.execute(q("lease_for_lookup"), args).fetchone()
+
+    def settle(self, args: dict[str, Any]) -> Job | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(q("settle_job"), args).fetchone()
+        return Job.from_row(row) if row else None
+
+    def release_lease(self, job_id: str, owner: str, delay_s: float) -> Job | None:
+        args = {"id": job_id, "owner": owner, "delay_s": delay_s}
+        with self.pool.connection() as conn:
+            row = conn.execute(q("release_lease"), args).fetchone()
+        return Job.from_row(row) if row else None
+
+    def expire_leases(self, owner: str, limit: int) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("expire_leases"), {"owner": owner, "limit": limit}).fetchall()
+        return [str(r["id"]) for r in rows]
+
+    def due_for_dispatch(self, grace_s: float, limit: int) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("due_for_dispatch"), {"grace_s": grace_s, "limit": limit})
+            return [str(r["id"]) for r in rows.fetchall()]
