@@ -1,0 +1,147 @@
+"""Structured logging: JSON when not on a terminal, console on one; secrets always redacted.
+
+Events are named ``area.noun_verbed`` with data as fields. Context (job id, kind, provider,
+attempt) is bound with contextvars and cleared at the start of each message, since dramatiq
+reuses threads. Tracebacks never carry frame locals, and :func:`redact` scrubs API keys,
+webhook secrets, bearer tokens and card numbers from every event, stdlib records included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import IO, Any
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.types import EventDict, Processor
+
+REDACTED = "[redacted]"
+_SECRET_KEY_RE = re.compile(
+    r"(secret|password|passwd|api_key|apikey|token|authorization|card_number|cvc|cvv|pan)$",
+    re.IGNORECASE,
+)
+_SECRET_VALUE_RES = [
+    re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9]{4,}"),  # Stripe keys
+    re.compile(r"\bwhsec_[A-Za-z0-9+/=]{4,}"),  # Stripe webhook secrets
+    re.compile(r"\bSG\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]+)?"),  # SendGrid keys
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),  # bearer tokens
+    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password in URLs
+]
+# 13-19 digits, optionally grouped by spaces or dashes: the shape of a card number (PAN).
+_PAN_RE = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_MAX_DEPTH = 6
+
+
+def redact_text(text: str) -> str:
+    for pattern in _SECRET_VALUE_RES:
+        text = pattern.sub(REDACTED, text)
+    return _PAN_RE.sub(_mask_pan, text)
+
+
+def _mask_pan(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return REDACTED if _luhn_ok(digits) or len(digits) == 16 else match.group(0)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch)
+        if i % 2 == 1:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, MutableMapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _scrub(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, depth + 1) for v in value]
+    if hasattr(value, "get_secret_value"):
+        return REDACTED
+    return value
+
+
+def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: scrub secrets and card numbers from every field, nested ones too."""
+    scrubbed: EventDict = _scrub(event_dict)
+    return scrubbed
+
+
+def _use_json(fmt: str, stream: IO[str]) -> bool:
+    if fmt == "json":
+        return True
+    if fmt == "console":
+        return False
+    return not stream.isatty()
+
+
+_SHARED: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def make_handler(stream: IO[str], fmt: str = "auto") -> logging.Handler:
+    """A stdlib handler rendering every record (ours and libraries') through the pipeline."""
+    renderer: Processor
+    if _use_json(fmt, stream):
+        tracebacks: Processor = structlog.processors.ExceptionRenderer(
+            ExceptionDictTransformer(show_locals=False)
+        )
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        tracebacks = structlog.processors.format_exc_info
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            tracebacks,
+            redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    return handler
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Configure structlog and route stdlib logging (dramatiq, psycopg) through it."""
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = make_handler(sys.stderr, fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The stripe SDK logs request lines at INFO; keep it to warnings.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
+
+
+def bind_job(job_id: str, **fields: Any) -> None:
+    """Start a fresh log context for one message (threads are reused)."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=job_id, **fields)

@@ -1,0 +1,77 @@
+"""Logs never carry secrets or card numbers, and tracebacks carry no frame locals."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from orchestrator.logs import configure_logging, get_logger, make_handler, redact_text
+
+SECRET = "sk_test_51HsecretKEYvalue0123456789"
+PAN = "4242424242424242"
+
+
+def _capture() -> tuple[io.StringIO, logging.Handler]:
+    configure_logging("json", "debug")
+    stream = io.StringIO()
+    handler = make_handler(stream, "json")
+    logging.getLogger().addHandler(handler)
+    return stream, handler
+
+
+def test_secrets_and_card_numbers_are_redacted_everywhere() -> None:
+    """Keys, bearer tokens, URL passwords and PANs vanish from fields, nested ones and stdlib."""
+    stream, handler = _capture()
+    try:
+        log = get_logger("test")
+        log.info(
+            "charge.requested",
+            api_key=SECRET,
+            note=f"card {PAN}",
+            nested={"meta": [f"pan {PAN[:4]} {PAN[4:8]} {PAN[8:12]} {PAN[12:]}"]},
+            header=f"Bearer {SECRET}",
+            url="postgresql://app:hunter22@db/x",
+        )
+        logging.getLogger("dramatiq").warning("message with %s", SECRET)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    assert SECRET not in out
+    assert PAN not in out and "4242 4242 4242 4242" not in out
+    assert "hunter22" not in out
+    assert out.count("[redacted]") >= 5
+    assert all(json.loads(line) for line in out.splitlines())
+
+
+def test_tracebacks_have_no_locals() -> None:
+    """An exception raised where a local holds the key is logged without that local."""
+    stream, handler = _capture()
+    try:
+        api_key = SECRET  # noqa: F841  (the local a naive dict_tracebacks would leak)
+        try:
+            raise RuntimeError("provider call failed")
+        except RuntimeError:
+            get_logger("test").exception("job.crashed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    assert "provider call failed" in out
+    assert SECRET not in out
+
+
+def test_short_numbers_and_ids_are_left_alone() -> None:
+    """Amounts, ids and timestamps are not mistaken for card numbers."""
+    text = "amount 99999999 job 1234-5678 ts 1700000000"
+    assert redact_text(text) == text
+
+
+def test_context_is_cleared_per_message() -> None:
+    """bind_job starts from an empty context, so one message's fields never leak into the next."""
+    from orchestrator.logs import bind_job
+
+    bind_job("job-1", attempt=3)
+    bind_job("job-2")
+    assert structlog.contextvars.get_contextvars() == {"job_id": "job-2"}

@@ -1,0 +1,58 @@
+"""Input validation: Stripe's shapes, checked before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import validation as v
+from orchestrator.errors import ValidationError
+
+
+def test_amount_accepts_stripe_range() -> None:
+    """1 through 99,999,999 minor units are accepted; the bounds are inclusive."""
+    assert v.amount(1) == 1
+    assert v.amount(99_999_999) == 99_999_999
+
+
+@pytest.mark.parametrize("bad", [0, -1, 100_000_000, 1.0, "100", True, None])
+def test_amount_rejects_everything_else(bad: object) -> None:
+    """Zero, negatives, floats, strings and booleans are refused with a ValueError."""
+    with pytest.raises(ValueError, match="amount"):
+        v.amount(bad)
+
+
+def test_currency_is_lowercased_iso_code() -> None:
+    """Codes are case-insensitive on input and stored lower case like Stripe's."""
+    assert v.currency("USD") == "usd"
+    assert v.currency("jpy") == "jpy"
+    with pytest.raises(ValidationError, match="currency"):
+        v.currency("abc")
+
+
+def test_metadata_limits() -> None:
+    """50 keys of up to 40 characters with values up to 500 characters are accepted."""
+    ok = {f"k{i:02d}" + "x" * 36: "v" * 500 for i in range(50)}
+    assert v.metadata(ok) == ok
+    with pytest.raises(ValidationError):
+        v.metadata({**ok, "extra": "v"})
+
+
+def test_error_messages_never_echo_values() -> None:
+    """A rejected value (maybe a card number) is never repeated in the message."""
+    pan = "4242424242424242"
+    for call in (
+        lambda: v.token("payment_method", pan + " x", required=True),
+        lambda: v.metadata({"k": pan * 40}),
+    ):
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert pan not in str(info.value)
+
+
+def test_fingerprint_is_canonical() -> None:
+    """Key order does not change the fingerprint; any value change does."""
+    a = v.fingerprint({"amount": 1, "metadata": {"x": "1", "y": "2"}})
+    b = v.fingerprint({"metadata": {"y": "2", "x": "1"}, "amount": 1})
+    c = v.fingerprint({"amount": 2, "metadata": {"x": "1", "y": "2"}})
+    assert a == b != c
+    assert len(a) == 64
