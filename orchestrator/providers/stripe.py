@@ -1,0 +1,256 @@
+"""Stripe, through the official SDK: charges as confirmed PaymentIntents.
+
+Every call carries the orchestrator's own deterministic idempotency key and explicit
+timeouts; the SDK's own retries stay off (they would invent a random key per call).
+:func:`classify_error` is the one place where stripe exceptions become outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import stripe
+
+from orchestrator.errors import ProviderUnavailable
+from orchestrator.models import AttemptOutcome, Job, JobKind
+from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
+from orchestrator.validation import JOB_ID_METADATA_KEY
+
+MAX_ERROR_MESSAGE_CHARS = 500
+
+# PaymentIntent statuses, by what they mean for the job.
+_PI_SUCCEEDED = {"succeeded", "requires_capture"}
+_PI_PENDING = {"processing"}
+_PI_FAILED = {"requires_payment_method", "requires_action", "canceled", "requires_confirmation"}
+
+
+class StripeProvider:
+    """Charges (and refunds) through ``stripe.StripeClient``; safe to share between threads."""
+
+    name = "stripe"
+    honours_idempotency_keys = True
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        http_client = stripe.RequestsClient(timeout=(connect_timeout_s, read_timeout_s))
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base},
+            http_client=http_client,
+            max_network_retries=0,
+        )
+
+    # -- execute ---------------------------------------------------------------------------
+
+    def execute(self, job: Job, idempotency_key: str) -> Outcome:
+        if job.kind is not JobKind.CHARGE:
+            raise NotImplementedError(f"stripe does not execute {job.kind} jobs yet")
+        try:
+            intent = self._client.v1.payment_intents.create(
+                charge_params(job),  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.StripeError as exc:
+            return classify_error(exc)
+        except Exception as exc:  # a bug or an unexpected library failure mid-call
+            return Outcome(
+                AttemptOutcome.AMBIGUOUS,
+                error_class=type(exc).__name__,
+                message=_clip(str(exc)),
+                unknown_cause=NO_RESPONSE,
+            )
+        return outcome_of_intent(intent, _request_id(intent))
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def lookup(self, job: Job) -> Outcome | None:
+        try:
+            if job.provider_ref:
+                intent = self._client.v1.payment_intents.retrieve(job.provider_ref)
+                return outcome_of_intent(intent, _request_id(intent))
+            query = f"metadata['{JOB_ID_METADATA_KEY}']:'{job.id}'"
+            found = self._client.v1.payment_intents.search({"query": query, "limit": 10})
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"stripe lookup failed: {type(exc).__name__}") from exc
+        intents = list(found.data)
+        if not intents:
+            return None
+        # A job makes at most one successful PaymentIntent; prefer it over failed generations.
+        intents.sort(key=lambda pi: (pi.status not in _PI_SUCCEEDED, pi.created))
+        return outcome_of_intent(intents[0], None)
+
+
+def charge_params(job: Job) -> dict[str, Any]:
+    """The PaymentIntent parameters for a charge job: identical on every attempt."""
+    params: dict[str, Any] = {
+        "amount": job.amount,
+        "currency": job.currency,
+        "payment_method": job.payment_method,
+        "confirm": True,
+        "metadata": {**job.metadata, JOB_ID_METADATA_KEY: job.id},
+    }
+    if job.customer:
+        params["customer"] = job.customer
+    description = job.params.get("description")
+    if description:
+        params["description"] = description
+    return params
+
+
+def outcome_of_intent(intent: Any, request_id: str | None) -> Outcome:
+    status = str(intent.status)
+    if status in _PI_SUCCEEDED:
+        kind = AttemptOutcome.SUCCEEDED
+    elif status in _PI_PENDING:
+        kind = AttemptOutcome.PENDING
+    else:
+        kind = AttemptOutcome.PERMANENT
+    error_code = None if kind is not AttemptOutcome.PERMANENT else f"payment_intent_{status}"
+    last_error = getattr(intent, "last_payment_error", None)
+    if kind is AttemptOutcome.PERMANENT and last_error:
+        error_code = last_error.get("decline_code") or last_error.get("code") or error_code
+    return Outcome(
+        kind,
+        provider_ref=str(intent.id),
+        provider_status=status,
+        error_class="PaymentIntentStatus" if kind is AttemptOutcome.PERMANENT else None,
+        error_code=error_code,
+        request_id=request_id,
+    )
+
+
+def classify_error(exc: stripe.StripeError) -> Outcome:
+    """Map one stripe exception to what the executor must do with the job."""
+    status = exc.http_status
+    code = exc.code
+    fields: dict[str, Any] = {
+        "error_class": type(exc).__name__,
+        "error_code": code,
+        "message": _clip(exc.user_message or str(exc)),
+        "http_status": status,
+        "request_id": exc.request_id,
+    }
+    should_retry = _header(exc.headers, "Stripe-Should-Retry")
+
+    if isinstance(exc, stripe.APIConnectionError):
+        return _classify_connection_error(exc, fields)
+    if isinstance(exc, stripe.CardError):
+        ref = _intent_id_of(exc)
+        return Outcome(
+            AttemptOutcome.PERMANENT,
+            provider_ref=ref,
+            **{**fields, "error_code": _decline_code(exc) or code},
+        )
+    if isinstance(exc, stripe.RateLimitError):
+        return Outcome(
+            AttemptOutcome.NOT_EXECUTED,
+            retry_after_s=_retry_after(exc.headers),
+            **{**fields, "error_code": code or "rate_limited"},
+        )
+    if isinstance(exc, stripe.IdempotencyError):
+        # Our parameters for this key changed: a bug. The first request may have executed.
+        return Outcome(AttemptOutcome.AMBIGUOUS, unknown_cause=SERVER_ERROR, **fields)
+    if status == 409:
+        # idempotency_key_in_use: the same key is executing elsewhere; its saved result
+        # will answer a later retry with the same key.
+        return Outcome(
+            AttemptOutcome.NOT_EXECUTED, retry_after_s=_retry_after(exc.headers), **fields
+        )
+    if status is not None and status >= 500:
+        if should_retry == "true":
+            return Outcome(AttemptOutcome.NOT_EXECUTED, **fields)
+        # Stripe saved this 5xx against the key: resending replays it. Look the object up.
+        return Outcome(AttemptOutcome.AMBIGUOUS, unknown_cause=SERVER_ERROR, **fields)
+    if should_retry == "true":
+        return Outcome(AttemptOutcome.NOT_EXECUTED, **fields)
+    if isinstance(
+        exc,
+        (stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError),
+    ) or (status is not None and 400 <= status < 500):
+        return Outcome(AttemptOutcome.PERMANENT, **fields)
+    return Outcome(AttemptOutcome.AMBIGUOUS, unknown_cause=SERVER_ERROR, **fields)
+
+
+def _classify_connection_error(exc: stripe.APIConnectionError, fields: dict[str, Any]) -> Outcome:
+    cause = exc.__cause__
+    if isinstance(cause, requests.exceptions.ConnectTimeout) or _refused(cause):
+        # The connection never opened: nothing was sent.
+        return Outcome(AttemptOutcome.NOT_EXECUTED, **{**fields, "error_code": "connect_failed"})
+    code = "read_timeout" if isinstance(cause, requests.exceptions.ReadTimeout) else "no_response"
+    return Outcome(
+        AttemptOutcome.AMBIGUOUS, unknown_cause=NO_RESPONSE, **{**fields, "error_code": code}
+    )
+
+
+def _refused(cause: BaseException | None) -> bool:
+    """A ConnectionError raised while opening the connection (refused, DNS, unreachable)."""
+    seen = 0
+    while cause is not None and seen < 8:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        name = type(cause).__name__
+        if name in {"NewConnectionError", "NameResolutionError"}:
+            return True
+        for arg in getattr(cause, "args", ()):
+            if isinstance(arg, ConnectionRefusedError):
+                return True
+            if type(arg).__name__ in {"NewConnectionError", "NameResolutionError"}:
+                return True
+            reason = getattr(arg, "reason", None)
+            if type(reason).__name__ in {"NewConnectionError", "NameResolutionError"}:
+                return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+def _error_body(exc: stripe.StripeError) -> Mapping[str, Any]:
+    body: Any = exc.json_body or {}
+    error = body.get("error") if isinstance(body, Mapping) else None
+    return error if isinstance(error, Mapping) else {}
+
+
+def _intent_id_of(exc: stripe.CardError) -> str | None:
+    intent = _error_body(exc).get("payment_intent")
+    ref = intent.get("id") if isinstance(intent, Mapping) else None
+    return str(ref) if ref else None
+
+
+def _decline_code(exc: stripe.CardError) -> str | None:
+    code = _error_body(exc).get("decline_code")
+    return str(code) if code else None
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    value = _header(headers, "Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None) if response is not None else None
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_MESSAGE_CHARS else message[:MAX_ERROR_MESSAGE_CHARS]
