@@ -1,0 +1,362 @@
+"""Executing one job: claim, call the provider alone, classify, record, schedule.
+
+The request runs as phases between recovery points (PostgreSQL commits):
+
+1. claim      one compare-and-set UPDATE moves the job to ``running`` under a lease;
+2. call       the provider SDK with the job's deterministic idempotency key, no transaction
+              or row lock held;
+3. settle     one statement records the attempt and moves the job on, checking that the
+              lease is still ours;
+4. schedule   retries and lookups get a delayed message (the clock re-sends lost ones).
+
+``unknown`` and ``processing`` jobs are settled by :meth:`Executor.resolve`, which asks the
+provider instead of calling it again. Every decision is made by :func:`decide` and
+:func:`decide_lookup`, pure functions of the job, the outcome and the database clock.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from orchestrator.broker import Dispatcher
+from orchestrator.config import Settings
+from orchestrator.errors import ProviderUnavailable
+from orchestrator.logs import get_logger
+from orchestrator.models import AttemptOutcome, Job, JobState
+from orchestrator.providers.base import NO_RESPONSE, Outcome, Provider
+from orchestrator.store import Store
+
+log = get_logger(__name__)
+
+# Dead reasons (jobs.dead_reason).
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+RETRY_HORIZON = "retry_horizon"
+AMBIGUOUS = "ambiguous"
+# A lookup that could not reach the provider is tried again after this long.
+LOOKUP_RETRY_S = 5.0
+
+
+def provider_key(job: Job, generation: int | None = None) -> str:
+    """The idempotency key sent to the provider: one per (job, key generation), never random."""
+    gen = job.key_generation if generation is None else generation
+    return f"orch-{job.id}-g{gen}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with equal jitter: min(base * 2**(n-1), max) * uniform(0.5, 1)."""
+
+    base_s: float
+    max_s: float
+
+    def delay_s(
+        self, attempt: int, rng: random.Random, retry_after_s: float | None = None
+    ) -> float:
+        ceiling = min(self.base_s * 2 ** max(attempt - 1, 0), self.max_s)
+        delay: float = ceiling * rng.uniform(0.5, 1.0)
+        return max(delay, retry_after_s or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a job goes next and why; ``delay_s`` is when it is looked at again."""
+
+    to_state: JobState
+    reason: str
+    delay_s: float = 0.0
+    generation_step: int = 0
+    unknown_cause: str | None = None
+    dead_reason: str | None = None
+
+    @property
+    def needs_message(self) -> bool:
+        return self.to_state in {JobState.RETRYING, JobState.UNKNOWN, JobState.PROCESSING}
+
+
+def decide(
+    job: Job,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    policy: RetryPolicy,
+    rng: random.Random,
+    honours_keys: bool,
+    processing_poll_s: float,
+) -> Decision:
+    """What to do after an attempt (``job`` is the claimed row: attempts counts this one)."""
+    kind = outcome.kind
+    summary = outcome.error_summary or ""
+    if kind is AttemptOutcome.SUCCEEDED:
+        return Decision(JobState.SUCCEEDED, "provider reported success")
+    if kind is AttemptOutcome.PENDING:
+        return Decision(JobState.PROCESSING, "provider reported a pending state", processing_poll_s)
+    if kind is AttemptOutcome.PERMANENT:
+        return Decision(JobState.FAILED, f"permanent error: {summary}"[:500])
+    if kind is AttemptOutcome.AMBIGUOUS:
+        if honours_keys:
+            cause = outcome.unknown_cause or NO_RESPONSE
+            return Decision(
+                JobState.UNKNOWN, f"ambiguous outcome ({cause})", 0.0, unknown_cause=cause
+            )
+        if job.params.get("at_least_once"):
+            return _retry_or_dead(
+                job, now, policy, rng, None, f"ambiguous, at-least-once: {summary}"
+            )
+        return Decision(
+            JobState.DEAD,
+            f"ambiguous outcome, no idempotency: {summary}"[:500],
+            dead_reason=AMBIGUOUS,
+        )
+    return _retry_or_dead(job, now, policy, rng, outcome.retry_after_s, f"not executed: {summary}")
+
+
+def _retry_or_dead(
+    job: Job,
+    now: datetime,
+    policy: RetryPolicy,
+    rng: random.Random,
+    retry_after_s: float | None,
+    why: str,
+    generation_step: int = 0,
+) -> Decision:
+    if job.attempts >= job.max_attempts:
+        return Decision(
+            JobState.DEAD,
+            f"{job.attempts} attempts exhausted; {why}"[:500],
+            dead_reason=ATTEMPTS_EXHAUSTED,
+        )
+    delay = policy.delay_s(job.attempts, rng, retry_after_s)
+    if now + timedelta(seconds=delay) > job.deadline_at:
+        return Decision(
+            JobState.DEAD,
+            f"next attempt would pass the retry horizon; {why}"[:500],
+            dead_reason=RETRY_HORIZON,
+        )
+    return Decision(
+        JobState.RETRYING,
+        f"{why}; retry in {delay:.1f}s"[:500],
+        delay,
+        generation_step=generation_step,
+    )
+
+
+def decide_lookup(
+    job: Job,
+    found: Outcome | None,
+    now: datetime,
+    *,
+    search_grace_s: float,
+    honours_keys: bool,
+    processing_poll_s: float,
+) -> Decision | float:
+    """Settle an ``unknown`` or ``processing`` job from a lookup, or return seconds to wait."""
+    if found is not None:
+        if found.kind is AttemptOutcome.SUCCEEDED:
+            return Decision(JobState.SUCCEEDED, "lookup found a successful object")
+        if found.kind is AttemptOutcome.PENDING:
+            if job.state is JobState.PROCESSING:
+                return processing_poll_s
+            return Decision(JobState.PROCESSING, "lookup found a pending object", processing_poll_s)
+        return Decision(JobState.FAILED, f"lookup found a failed object ({found.provider_status})")
+    if job.state is JobState.PROCESSING:
+        return processing_poll_s  # the object we hold a reference to must come back
+    can_attempt = job.attempts < job.max_attempts and now < job.deadline_at
+    if job.unknown_cause != "server_error" and honours_keys and can_attempt:
+        # Nothing came back, so nothing was saved against the key: the same key either
+        # replays the stored result or executes for the first time. Safe without proof.
+        return Decision(JobState.RETRYING, "resend with the same key after no response")
+    last = job.last_attempt_at or job.updated_at
+    waited = (now - last).total_seconds()
+    if waited < search_grace_s:
+        return search_grace_s - waited + 0.5
+    if not honours_keys:
+        return Decision(JobState.DEAD, "outcome unknown and not provable", dead_reason=AMBIGUOUS)
+    if can_attempt:
+        return Decision(
+            JobState.RETRYING,
+            f"absent at the provider after {waited:.0f}s; next key generation",
+            generation_step=1,
+        )
+    reason = ATTEMPTS_EXHAUSTED if job.attempts >= job.max_attempts else RETRY_HORIZON
+    return Decision(JobState.DEAD, "absent at the provider and no attempt left", dead_reason=reason)
+
+
+class Executor:
+    """Runs jobs for one process. Thread-safe: every call makes its own lease owner."""
+
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, Provider],
+        dispatcher: Dispatcher,
+        settings: Settings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.policy = RetryPolicy(settings.backoff_base_s, settings.backoff_max_s)
+        self.rng = rng or random.Random()
+        self._host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _owner(self) -> str:
+        return f"worker:{self._host}:{uuid.uuid4().hex[:8]}"
+
+    def run(self, job_id: str) -> JobState | None:
+        """Handle one message for ``job_id``; returns the job's new state, or None if idle."""
+        job = self.store.job(job_id)
+        if job is None:
+            log.warning("job.not_found", job_id=job_id)
+            return None
+        if job.state in (JobState.PENDING, JobState.RETRYING):
+            return self.attempt(job_id)
+        if job.state in (JobState.UNKNOWN, JobState.PROCESSING):
+            return self.resolve(job_id)
+        log.debug("job.message_ignored", job_id=job_id, state=str(job.state))
+        return None
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def attempt(self, job_id: str) -> JobState | None:
+        owner = self._owner()
+        row = self.store.claim(job_id, owner, self.settings.lease_s)
+        if row is None:
+            log.debug("job.claim_lost", job_id=job_id)
+            return None
+        job = Job.from_row(row)
+        now: datetime = row["db_now"]
+        provider = self.providers[job.provider]
+        key = provider_key(job)
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, kind=str(job.kind), provider=job.provider, attempt=job.attempts
+        )
+        log.info("job.attempt_started", key_generation=job.key_generation)
+        started = time.perf_counter()
+        outcome = provider.execute(job, key)
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        decision = decide(
+            job,
+            outcome,
+            now + timedelta(milliseconds=duration_ms),
+            policy=self.policy,
+            rng=self.rng,
+            honours_keys=provider.honours_idempotency_keys,
+            processing_poll_s=self.settings.processing_poll_s,
+        )
+        attempt = {
+            "attempt": job.attempts,
+            "attempt_generation": job.key_generation,
+            "provider_key": key,
+            "outcome": str(outcome.kind),
+            "error_class": outcome.error_class,
+            "error_code": outcome.error_code,
+            "http_status": outcome.http_status,
+            "provider_request_id": outcome.request_id,
+            "duration_ms": duration_ms,
+            "started_at": now,
+        }
+        return self._settle(job, owner, decision, outcome, attempt)
+
+    # -- resolving unknown and processing jobs ---------------------------------------------
+
+    def resolve(self, job_id: str) -> JobState | None:
+        owner = self._owner()
+        row = self.store.lease_for_lookup(job_id, owner, self.settings.lease_s)
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        now: datetime = row["db_now"]
+        provider = self.providers[job.provider]
+        try:
+            found = provider.lookup(job)
+        except ProviderUnavailable as exc:
+            log.warning("job.lookup_failed", error=str(exc))
+            self._release(job, owner, LOOKUP_RETRY_S)
+            return job.state
+        decision = decide_lookup(
+            job,
+            found,
+            now,
+            search_grace_s=self.settings.search_grace_s,
+            honours_keys=provider.honours_idempotency_keys,
+            processing_poll_s=self.settings.processing_poll_s,
+        )
+        if isinstance(decision, float):
+            self._release(job, owner, decision)
+            return job.state
+        return self._settle(job, owner, decision, found, None)
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _release(self, job: Job, owner: str, delay_s: float) -> None:
+        if self.store.release_lease(job.id, owner, delay_s) is not None:
+            self.dispatcher.send(job.id, delay_s)
+
+    def _settle(
+        self,
+        job: Job,
+        owner: str,
+        decision: Decision,
+        outcome: Outcome | None,
+        attempt: dict[str, Any] | None,
+    ) -> JobState | None:
+        args: dict[str, Any] = {
+            **_NO_ATTEMPT,
+            **(attempt or {}),
+            "id": job.id,
+            "owner": owner,
+            "lease_owner": owner,
+            "from_state": str(job.state),
+            "to_state": str(decision.to_state),
+            "reason": decision.reason,
+            "delay_s": decision.delay_s,
+            "dispatching": decision.needs_message,
+            "generation_step": decision.generation_step,
+            "reset_attempts": False,
+            "provider_ref": outcome.provider_ref if outcome else None,
+            "provider_status": outcome.provider_status if outcome else None,
+            "error_code": outcome.error_code if outcome else None,
+            "error": outcome.error_summary if outcome else None,
+            "unknown_cause": decision.unknown_cause,
+            "dead_reason": decision.dead_reason,
+        }
+        settled = self.store.settle(args)
+        if settled is None:
+            log.warning("job.lease_lost", to_state=str(decision.to_state))
+            return None
+        event = "job.settled" if decision.to_state.is_terminal else "job.rescheduled"
+        log.info(
+            event,
+            state=str(settled.state),
+            reason=decision.reason,
+            error_code=settled.last_error_code if outcome and outcome.error_class else None,
+        )
+        if decision.needs_message:
+            self.dispatcher.send(job.id, decision.delay_s)
+        return settled.state
+
+
+_NO_ATTEMPT: dict[str, Any] = {
+    "attempt": None,
+    "attempt_generation": None,
+    "provider_key": None,
+    "outcome": None,
+    "error_class": None,
+    "error_code": None,
+    "http_status": None,
+    "provider_request_id": None,
+    "duration_ms": None,
+    "started_at": None,
+}
