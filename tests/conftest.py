@@ -1,0 +1,157 @@
+"""Shared fixtures.
+
+Integration tests use a real PostgreSQL (a fresh database per test session, truncated per
+test) and a real Redis (a namespace per session), and the provider simulator over real HTTP.
+Point them elsewhere with TEST_DATABASE_URL (a server-level URL; the session creates its own
+database there) and TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+STRIPE_TEST_KEY = "sk_test_orchestratorSuiteKey4242"
+SENDGRID_TEST_KEY = "SG.orchestratorSuite.key"
+SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database with the schema applied, dropped at the end of the session."""
+    from orchestrator.store import migrate
+
+    name = f"orchestrator_{SESSION_TAG}"
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(TEST_DATABASE_URL, name)
+    migrate(url)
+    yield url
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_namespace() -> Iterator[str]:
+    namespace = f"orchestrator-{SESSION_TAG}"
+    yield namespace
+    _flush_namespace(namespace)
+
+
+def _flush_namespace(namespace: str) -> None:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Any]:
+    from orchestrator.simulator import Simulator
+
+    sim = Simulator(stripe_api_key=STRIPE_TEST_KEY, sendgrid_api_key=SENDGRID_TEST_KEY, seed=7)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def test_settings(database_url: str, redis_namespace: str, simulator_url: str, **extra: Any) -> Any:
+    from orchestrator.config import load_settings
+
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": TEST_REDIS_URL,
+        "redis_namespace": redis_namespace,
+        "stripe_api_key": STRIPE_TEST_KEY,
+        "stripe_api_base": simulator_url,
+        "sendgrid_api_key": SENDGRID_TEST_KEY,
+        "sendgrid_api_base": simulator_url,
+        "backoff_base_s": 0.05,
+        "backoff_max_s": 0.4,
+        "search_grace_s": 0.5,
+        "dispatch_grace_s": 1.0,
+        "processing_poll_s": 0.2,
+        "provider_connect_timeout_s": 1.0,
+        "provider_read_timeout_s": 2.0,
+        "max_attempts": 10,
+        "log_format": "json",
+    }
+    values.update(extra)
+    return load_settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def orch(database_url: str, redis_namespace: str, simulator: Any) -> Iterator[Any]:
+    """The session's Orchestrator, installed as the actors' runtime."""
+    from orchestrator import runtime
+    from orchestrator.api import Orchestrator
+    from orchestrator.logs import configure_logging
+
+    settings = test_settings(database_url, redis_namespace, simulator.url)
+    configure_logging("json", "info")
+    orchestrator = Orchestrator(settings)
+    runtime.install(orchestrator)
+    yield orchestrator
+    orchestrator.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Integration tests start from empty tables, an empty namespace and a reset simulator."""
+    if "orch" in request.fixturenames:
+        orchestrator = request.getfixturevalue("orch")
+        sim = request.getfixturevalue("simulator")
+        with psycopg.connect(orchestrator.settings.database_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE job_transitions, job_attempts, jobs")
+        _flush_namespace(orchestrator.settings.redis_namespace)
+        sim.reset()
+    yield
+
+
+@pytest.fixture
+def worker(orch: Any) -> Iterator[Any]:
+    """A real dramatiq worker (8 threads) consuming the session's Redis namespace."""
+    import dramatiq
+
+    import actors  # noqa: F401  (declares the actors on the installed broker)
+
+    w = dramatiq.Worker(orch.broker, worker_threads=8, worker_timeout=50)
+    w.start()
+    yield w
+    w.stop(timeout=10_000)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float = 30.0, poll_s: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def count_jobs(orch: Any, state: str | None = None) -> int:
+    counts: dict[str, int] = orch.store.count_by_state()
+    return sum(counts.values()) if state is None else counts.get(state, 0)
