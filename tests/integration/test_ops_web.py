@@ -1,0 +1,291 @@
+"""The ops HTTP API, its OpenAPI document, /metrics and the dashboard, served by a live
+uvicorn on an ephemeral port over real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from orchestrator.api import Orchestrator
+from orchestrator.models import JobState
+from orchestrator.ops_openapi import OPENAPI
+from tests.conftest import test_settings
+
+TOKEN = "ops-test-token-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """Serve an ASGI app under uvicorn on 127.0.0.1:0; yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(orch: Any, simulator: Any) -> Iterator[str]:
+    """create_app() with ORCHESTRATOR_OPS_TOKEN set, live on an ephemeral port."""
+    from orchestrator.web import create_app
+
+    settings = test_settings(
+        orch.settings.database_url, orch.settings.redis_namespace, simulator.url, ops_token=TOKEN
+    )
+    with _serve(create_app(Orchestrator(settings, store=orch.store, broker=orch.broker))) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _clean_ops_tables(orch: Any) -> Iterator[None]:
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE operator_actions, broker_dead_letters")
+    yield
+
+
+def _dead_job(orch: Any, key: str) -> str:
+    """One dead charge whose key never reached the provider (a replay keeps it)."""
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, amount,
+                              currency, payment_method, max_attempts, deadline_at, dead_reason,
+                              last_error_code, changed_by, change_reason)
+            VALUES ('charge', 'stripe', 'dead', %s, repeat('b', 64), 500, 'usd', 'pm_card_visa',
+                    3, now() + interval '1 hour', 'attempts_exhausted', 'rate_limited', 'test',
+                    'seeded dead')
+            RETURNING id
+            """,
+            (key,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{job_id}", str(uuid.uuid4()))
+
+
+def _operations() -> list[tuple[str, str]]:
+    return [(m.upper(), p) for p, item in OPENAPI["paths"].items() for m in item]
+
+
+DASHBOARD = [
+    ("GET", "/ops/"),
+    ("POST", "/ops/dlq/{job_id}/replay"),
+    ("POST", "/ops/dlq/{job_id}/discard"),
+]
+
+
+@pytest.mark.parametrize("bad", [None, "Bearer wrong", "Bearer ", "Basic " + TOKEN, TOKEN])
+def test_every_ops_route_refuses_a_missing_or_wrong_token(server: str, bad: str | None) -> None:
+    """Every documented API route and every dashboard route answers 401 without the token, with
+    a wrong one, or with the right one in the wrong scheme; nothing is changed."""
+    headers = {"Authorization": bad} if bad is not None else {}
+    for method, path in [*_operations(), *DASHBOARD]:
+        resp = requests.request(
+            method, server + _concrete(path), headers=headers, json={}, timeout=5
+        )
+        assert resp.status_code == 401, (method, path, resp.status_code)
+
+
+def test_no_configured_token_refuses_everything(orch: Any, simulator: Any) -> None:
+    """With ORCHESTRATOR_OPS_TOKEN unset, even an empty bearer gets 401 (never 'no auth')."""
+    from orchestrator.web import create_app
+
+    with _serve(create_app(orch)) as url:
+        for method, path in _operations():
+            headers = {"Authorization": "Bearer "}
+            resp = requests.request(method, url + _concrete(path), headers=headers, timeout=5)
+            assert resp.status_code == 401
+        assert requests.post(url + "/ops/login", data={"token": ""}, timeout=5).status_code == 401
+
+
+def test_openapi_document_matches_the_routes(server: str) -> None:
+    """/ops/openapi.json is the document in the code, and lists exactly the API routes."""
+    from starlette.routing import Route
+
+    from orchestrator.ops_web import ops_routes
+
+    served = requests.get(server + "/ops/openapi.json", headers=AUTH, timeout=5).json()
+    assert served == OPENAPI
+    routed = set()
+    for route in ops_routes(_FakeOrch()):  # type: ignore[arg-type]
+        assert isinstance(route, Route)
+        if route.path.startswith(("/ops/api", "/ops/openapi")):
+            routed |= {(m, route.path) for m in (route.methods or set()) - {"HEAD"}}
+    assert routed == set(_operations())
+
+
+class _FakeOrch:
+    class settings:
+        ops_token = None
+
+
+def test_api_lists_shows_replays_and_discards(server: str, orch: Any) -> None:
+    """The JSON API: counts, dlq list, show, replay (audited with X-Ops-Actor), discard with a
+    required reason, 404 for an unknown job, 400 for a malformed id or filter."""
+    first = _dead_job(orch, "api-1")
+    second = _dead_job(orch, "api-2")
+
+    def get(path: str, **kw: Any) -> requests.Response:
+        return requests.get(server + path, headers=AUTH, timeout=5, **kw)
+
+    assert get("/ops/api/counts").json()["jobs_by_state"]["dead"] == 2
+    listed = get("/ops/api/dlq", params={"limit": 1}).json()
+    assert len(listed["jobs"]) == 1 and listed["next_cursor"]
+    assert get("/ops/api/dlq", params={"cursor": listed["next_cursor"]}).json()["jobs"][0][
+        "id"
+    ] in {
+        first,
+        second,
+    }
+    assert get(f"/ops/api/dlq/{first}").json()["state"] == "dead"
+    assert get(f"/ops/api/jobs/{uuid.uuid4()}").status_code == 404
+    assert get("/ops/api/jobs/not-a-uuid").status_code == 400
+    assert get("/ops/api/jobs", params={"state": "bogus"}).status_code == 400
+
+    headers = {**AUTH, "X-Ops-Actor": "pat"}
+    replayed = requests.post(f"{server}/ops/api/dlq/{first}/replay", headers=headers, timeout=5)
+    assert replayed.status_code == 200 and replayed.json()["action"] == "replay"
+    assert orch.job(first).state is JobState.PENDING
+    shown = get(f"/ops/api/jobs/{first}").json()
+    assert shown["operator_actions"][0]["actor"] == "http:pat"
+
+    url = f"{server}/ops/api/dlq/{second}/discard"
+    assert requests.post(url, headers=AUTH, json={}, timeout=5).status_code == 400
+    assert requests.post(url, headers=AUTH, json={"reason": "fraud"}, timeout=5).status_code == 200
+    assert requests.post(url, headers=AUTH, json={"reason": "again"}, timeout=5).status_code == 409
+    assert orch.job(second).state is JobState.CANCELLED
+
+
+def test_metrics_expose_the_operator_series(server: str, orch: Any, simulator: Any) -> None:
+    """/metrics carries jobs by state, DLQ size, queue depth, broker dead letters, reconcile
+    actions, and attempts and latency by provider once a charge has run."""
+    _dead_job(orch, "m-1")
+    job = orch.charge(700, "usd", None, "pm_card_visa", "m-charge")
+    assert orch.executor().run(job.id) is JobState.SUCCEEDED
+    text = requests.get(server + "/metrics", timeout=5).text
+    assert 'orchestrator_jobs{state="dead"} 1.0' in text
+    assert "orchestrator_dlq_size 1.0" in text
+    assert 'orchestrator_attempts_recent{outcome="succeeded",provider="stripe"} 1.0' in text
+    assert 'orchestrator_provider_latency_seconds_count{provider="stripe"} 1.0' in text
+    assert 'orchestrator_provider_latency_seconds_bucket{le="+Inf",provider="stripe"} 1.0' in text
+    assert re.search(r'orchestrator_queue_depth\{queue="orchestrator"\} \d', text)
+    assert "orchestrator_broker_dead_letters 0.0" in text
+    assert 'orchestrator_reconcile_actions_total{action="redispatched"} 0.0' in text
+    assert 'orchestrator_breaker_state{provider="stripe"} 0.0' in text
+    breakers = requests.get(server + "/ops/api/breaker", headers=AUTH, timeout=5).json()
+    assert {b["provider"]: b["state"] for b in breakers["providers"]}["stripe"] == "closed"
+
+
+def test_schemathesis_finds_no_server_error(server: str, orch: Any) -> None:
+    """Property-based requests generated from the OpenAPI document (valid and invalid, with the
+    token) never get a 5xx; every operation is exercised."""
+    import hypothesis
+    import schemathesis
+    from hypothesis import HealthCheck
+
+    _dead_job(orch, "fuzz-1")
+    schema = schemathesis.openapi.from_dict(OPENAPI)
+    schema.config.update(base_url=server, headers=AUTH)
+    exercised = []
+    for result in schema.get_all_operations():
+        operation = result.ok()  # type: ignore[union-attr]
+        failures: list[str] = []
+
+        @hypothesis.settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
+        @hypothesis.given(case=operation.as_strategy())
+        def check(case: Any) -> None:
+            response = case.call(headers=AUTH, timeout=10)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}")
+
+        check()
+        assert not failures, failures
+        exercised.append(operation.label)
+    assert len(exercised) == len(_operations())
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_dashboard_login_and_replay_in_a_real_browser(server: str, orch: Any) -> None:
+    """Headless chromium: the dashboard refuses a wrong token, logs in with the right one (an
+    HttpOnly cookie that is not the token), shows the dead job, and after Replay is clicked
+    the job has left the DLQ table and is pending."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    job_id = _dead_job(orch, "browser-1")
+    profile = tempfile.mkdtemp(prefix="ops-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.set_page_load_timeout(15)
+        wait = WebDriverWait(driver, 15)
+        driver.get(server + "/ops/")
+        driver.find_element(By.ID, "token").send_keys("wrong")
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: "wrong token" in d.page_source)
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: d.find_elements(By.ID, f"dead-{job_id}"))
+        assert driver.find_elements(By.ID, "attempts-chart")
+        cookie = driver.get_cookie("orchestrator_ops_session")
+        assert cookie is not None and cookie["httpOnly"] and TOKEN not in cookie["value"]
+        assert cookie["sameSite"] == "Strict"
+        driver.find_element(By.ID, f"replay-{job_id}").click()
+        wait.until(lambda d: d.find_elements(By.ID, "notice"))  # the page after the POST
+        assert "replay" in driver.find_element(By.ID, "notice").text
+        assert not driver.find_elements(By.ID, f"dead-{job_id}")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    assert orch.job(job_id).state is JobState.PENDING
+    with psycopg.connect(orch.settings.database_url) as conn:
+        actor = conn.execute(
+            "SELECT actor FROM operator_actions WHERE target = %s", (job_id,)
+        ).fetchone()
+    assert actor == ("http:dashboard",)
