@@ -1,0 +1,98 @@
+"""Real worker and clock processes for integration tests, configured like production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from orchestrator.config import _ALIASES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_env(settings: Any, **extra: str) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    for name, alias in _ALIASES.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[alias] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env["dramatiq_worker_timeout"] = "50"
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class Proc:
+    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.popen = popen
+        self.log_path = log_path
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, no acks, mid-call if it was."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def spawn(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[Proc]:
+    with log_path.open("wb") as out:
+        popen = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    proc = Proc(popen, log_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def worker_args(processes: int = 1, threads: int = 8) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--skip-logging",
+    ]
+
+
+def clock_args() -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", "clock"]
+
+
+def wait_for_log(proc: Proc, needle: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if needle in proc.log():
+            return
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"process exited early:\n{proc.log()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not logged within {timeout_s}s:\n{proc.log()[-3000:]}")
