@@ -8,8 +8,15 @@
 --   * a state change follows the state machine        (jobs_check_transition trigger)
 --   * every state change is recorded with who and why (job_transitions, same trigger)
 --   * amounts, currencies and keys have Stripe's shape (CHECK constraints)
+--   * refunds never exceed their charge               (jobs_refunds_within_amount, below)
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;  -- gen_random_uuid() on PostgreSQL < 13
+-- gen_random_uuid() is built in from PostgreSQL 13; only older servers need pgcrypto for it
+-- (the embedded PostgreSQL of `orchestrator dev` ships without pgcrypto).
+DO $$ BEGIN
+    IF current_setting('server_version_num')::int < 130000 THEN
+        CREATE EXTENSION IF NOT EXISTS pgcrypto;
+    END IF;
+END $$;
 
 DO $$ BEGIN
     -- pending:    accepted, waiting for a worker.
@@ -156,11 +163,14 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
         WHEN 'pending'    THEN to_state IN ('running', 'dead', 'cancelled')
         WHEN 'running'    THEN to_state IN ('succeeded', 'failed', 'retrying', 'unknown',
                                             'processing', 'dead')
-        WHEN 'retrying'   THEN to_state IN ('running', 'dead', 'cancelled')
+        -- retrying -> succeeded: a webhook proves an earlier attempt succeeded after all.
+        WHEN 'retrying'   THEN to_state IN ('running', 'succeeded', 'dead', 'cancelled')
         WHEN 'unknown'    THEN to_state IN ('succeeded', 'failed', 'retrying', 'processing',
                                             'dead')
         WHEN 'processing' THEN to_state IN ('succeeded', 'failed', 'dead')
-        WHEN 'dead'       THEN to_state IN ('pending', 'cancelled')
+        -- dead -> succeeded: a replay whose lookup finds the provider already holds a
+        -- successful object adopts it instead of calling again (orchestrator.operations).
+        WHEN 'dead'       THEN to_state IN ('pending', 'cancelled', 'succeeded')
         ELSE false  -- succeeded, failed, cancelled are final
     END
 $$;
@@ -191,3 +201,117 @@ CREATE TRIGGER jobs_check_transition BEFORE UPDATE OF state ON jobs
 DROP TRIGGER IF EXISTS jobs_record_insert ON jobs;
 CREATE TRIGGER jobs_record_insert AFTER INSERT ON jobs
     FOR EACH ROW EXECUTE FUNCTION jobs_record_transition();
+
+-- Provider webhook events, stored verbatim before any processing (orchestrator.webhooks).
+DO $$ BEGIN
+    -- received:  stored, not processed yet (the clock re-sends its message if it was lost).
+    -- processed: applied to its job (which may have changed nothing: transitions never go back).
+    -- ignored:   an event type we do not handle, or an object no job of ours made.
+    -- failed:    processing kept failing; an operator looks at last_error.
+    CREATE TYPE webhook_status AS ENUM ('received', 'processed', 'ignored', 'failed');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider        text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
+    event_id        text NOT NULL CHECK (length(event_id) BETWEEN 1 AND 255),  -- evt_...
+    type            text NOT NULL CHECK (length(type) BETWEEN 1 AND 255),
+    object_id       text CHECK (length(object_id) <= 255),   -- data.object.id (pi_..., ch_...)
+    job_id          uuid REFERENCES jobs (id),               -- resolved while processing
+    status          webhook_status NOT NULL DEFAULT 'received',
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    note            text CHECK (length(note) <= 500),        -- what processing did, and why
+    last_error      text CHECK (length(last_error) <= 2000),
+    -- The verified body as received. Never logged: it may hold customer data.
+    payload         jsonb NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    -- When a processing message was last sent (the clock's resend guard) ...
+    dispatched_at   timestamptz NOT NULL DEFAULT now(),
+    -- ... and until when a processor holds the event (two processors never race on one).
+    lease_expires_at timestamptz,
+    processed_at    timestamptz,
+    -- At most one row per provider event: a redelivered event is a duplicate, not new work.
+    CONSTRAINT webhook_events_provider_event_key UNIQUE (provider, event_id),
+    CONSTRAINT webhook_events_done_has_time CHECK (
+        (status = 'received') = (processed_at IS NULL))
+);
+-- The clock looks for events still waiting to be processed.
+CREATE INDEX IF NOT EXISTS webhook_events_received_idx ON webhook_events (dispatched_at)
+    WHERE status = 'received';
+-- Operators list events newest first, and by job.
+CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at DESC, id);
+CREATE INDEX IF NOT EXISTS webhook_events_job_idx ON webhook_events (job_id) WHERE job_id IS NOT NULL;
+
+-- Refunds: the sum of a charge's refunds never exceeds what was charged, even under concurrent
+-- refund requests. orch.refund() reserves the refund's amount on the charge row with one
+-- conditional UPDATE (reserve_refund) in the same transaction as the refund job's insert; the
+-- CHECK below makes an over-reservation impossible whatever code runs.
+-- refunded_amount: refunds reserved against this charge (succeeded plus in flight, and dead ones
+-- an operator may still replay); given back when a refund ends failed or cancelled (below).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS refunded_amount bigint NOT NULL DEFAULT 0;
+DO $$ BEGIN
+    ALTER TABLE jobs ADD CONSTRAINT jobs_refunds_within_amount CHECK (
+        refunded_amount >= 0
+        AND (kind = 'charge' OR refunded_amount = 0)
+        AND refunded_amount <= COALESCE(amount, 0));
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+-- A refund that ends failed (refused by the provider) or cancelled (discarded by an operator)
+-- moved no money: its reservation goes back to the charge, in the transition's own transaction.
+CREATE OR REPLACE FUNCTION jobs_release_refund() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE jobs SET refunded_amount = refunded_amount - NEW.amount
+    WHERE id = NEW.parent_job_id;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS jobs_release_refund ON jobs;
+CREATE TRIGGER jobs_release_refund AFTER UPDATE OF state ON jobs
+    FOR EACH ROW
+    WHEN (NEW.kind = 'refund' AND NEW.state IN ('failed', 'cancelled')
+          AND OLD.state NOT IN ('failed', 'cancelled'))
+    EXECUTE FUNCTION jobs_release_refund();
+
+-- Operator surface (orchestrator.operations): who did what to which job, when and why.
+-- Written in the same statement as the state change it records (or alone, for bulk runs).
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    actor    text NOT NULL,     -- cli:<user>, http:<name> ... never a secret
+    action   text NOT NULL,     -- e.g. dlq.replay, dlq.discard, dlq.adopt, dlq.replay_bulk
+    target   text,              -- a job id, or the filter of a bulk run
+    reason   text,
+    details  jsonb
+);
+CREATE INDEX IF NOT EXISTS operator_actions_at_idx ON operator_actions (at DESC);
+
+-- The DLQ is `state = 'dead'`, listed newest first with keyset pagination on (created_at, id):
+-- this partial index serves the first page and every next page as one index range scan.
+CREATE INDEX IF NOT EXISTS jobs_dead_created_idx ON jobs (created_at DESC, id DESC)
+    WHERE state = 'dead';
+-- `jobs list` without a state filter pages the same way over all jobs.
+CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at DESC, id DESC);
+-- /metrics reads recent attempts (latency histogram, outcomes) over a short window.
+CREATE INDEX IF NOT EXISTS job_attempts_finished_idx ON job_attempts (finished_at);
+
+-- dramatiq's own dead letters (Redis `<namespace>:<queue>.XQ`), copied here by the clock
+-- (orchestrator.deadletters) so that a message dramatiq gave up on is never invisible: Redis
+-- keeps them 7 days at most, and nothing lists them. No foreign key: a message may name a
+-- job that does not exist (or no longer does).
+CREATE TABLE IF NOT EXISTS broker_dead_letters (
+    message_id       text PRIMARY KEY,          -- dramatiq's redis_message_id
+    queue            text NOT NULL,
+    job_id           text,                      -- args[0] of the message, when it has one
+    actor_name       text,
+    dead_lettered_at timestamptz NOT NULL,      -- the XQ score
+    seen_at          timestamptz NOT NULL DEFAULT now(),
+    job_state        text,                      -- the job's state when the clock saw it
+    -- redispatched: the job was live in PostgreSQL, a new message was sent;
+    -- none: the job was already terminal (or unknown): nothing to do but show it.
+    action           text NOT NULL CHECK (action IN ('redispatched', 'none')),
+    message          jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS broker_dead_letters_seen_idx ON broker_dead_letters (seen_at DESC);
+-- Provider events find their job by the provider's object id.
+CREATE INDEX IF NOT EXISTS jobs_provider_ref_idx ON jobs (provider, provider_ref)
+    WHERE provider_ref IS NOT NULL;

@@ -9,5 +9,6 @@ from orchestrator import runtime
 broker = runtime.current().broker
 
 from actors.jobs import execute_job  # noqa: E402  (the broker must be set first)
+from actors.webhooks import process_webhook_event  # noqa: E402
 
-__all__ = ["broker", "execute_job"]
+__all__ = ["broker", "execute_job", "process_webhook_event"]

@@ -1,9 +1,10 @@
-"""The application's entry point: ``Orchestrator.from_env()``, ``charge()``, ``job()``."""
+"""The application's entry point: ``Orchestrator.from_env()``, ``charge()``, ``send_email()``,
+``refund()``, ``job()``."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -11,10 +12,16 @@ import dramatiq
 from orchestrator import validation as v
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.config import Settings, load_settings
-from orchestrator.errors import IdempotencyConflict, JobNotFound, ValidationError
+from orchestrator.errors import (
+    ConfigError,
+    IdempotencyConflict,
+    InvalidOperation,
+    JobNotFound,
+    ValidationError,
+)
 from orchestrator.executor import Executor
 from orchestrator.logs import get_logger
-from orchestrator.models import Attempt, Job, JobKind, Transition
+from orchestrator.models import Attempt, Job, JobKind, JobState, Transition
 from orchestrator.providers.base import Provider
 from orchestrator.store import Conn, Store, make_pool
 
@@ -24,7 +31,7 @@ MAX_DESCRIPTION_CHARS = 1000
 
 
 class Orchestrator:
-    """Enqueue charges as durable jobs and read them back.
+    """Enqueue charges, emails and refunds as durable jobs and read them back.
 
     Safe to share between threads. ``close()`` releases the database pool.
     """
@@ -109,19 +116,127 @@ class Orchestrator:
         }
         return self._enqueue(row, conn)
 
-    def _enqueue(self, row: dict[str, Any], conn: Conn | None) -> Job:
+    def send_email(
+        self,
+        to: str | Sequence[str],
+        subject: str | None,
+        body: str | None = None,
+        template: str | None = None,
+        *,
+        idempotency_key: str,
+        from_email: str | None = None,
+        template_data: Mapping[str, Any] | None = None,
+        at_least_once: bool = False,
+        conn: Conn | None = None,
+    ) -> Job:
+        """Accept an email (plain-text ``body`` or a SendGrid ``template``) as a job.
+
+        SendGrid keeps no idempotency keys, so a send whose outcome is unknown (connection cut,
+        timeout, 5xx) is never retried: it goes ``dead`` with reason ``ambiguous``. With
+        ``at_least_once=True`` it is retried instead, and may then be delivered twice.
+        ``from_email`` defaults to ``ORCHESTRATOR_EMAIL_FROM``. ``conn`` as in :meth:`charge`.
+        """
+        key = v.idempotency_key(idempotency_key)
+        request = _email_request(to, subject, body, template, template_data, at_least_once)
+        request["from_email"] = None if from_email is None else v.email("from_email", from_email)
+        sender = request["from_email"] or self.settings.email_from
+        if sender is None:
+            raise ConfigError("ORCHESTRATOR_EMAIL_FROM is not set and no from_email was given")
+        params = {k: val for k, val in request.items() if k != "from_email" and val is not None}
         row = {
+            **_NO_MONEY,
+            "kind": JobKind.EMAIL.value,
+            "provider": "sendgrid",
+            "idempotency_key": key,
+            "fingerprint": v.fingerprint({"kind": "email", **request}),
+            "params": {**params, "from": sender},
+        }
+        return self._enqueue(row, conn)
+
+    def refund(
+        self,
+        charge_job_id: str,
+        amount: int | None = None,
+        *,
+        idempotency_key: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Accept a refund of a succeeded charge (all that remains, or ``amount``) as a job.
+
+        The amount is reserved on the charge in the same transaction as the refund job's
+        insert, so concurrent refunds can never exceed the charged amount; a refund that ends
+        ``failed`` (or is discarded) gives its reservation back. The same key and request
+        returns the same job without reserving again. Raises ``InvalidOperation`` when the
+        charge is not ``succeeded`` or not enough remains, ``JobNotFound`` for no such charge.
+        """
+        charge_id = _job_id(charge_job_id)
+        request = {
+            "kind": "refund",
+            "charge_job_id": charge_id,
+            "amount": None if amount is None else v.amount(amount),
+            "metadata": v.metadata(metadata),
+        }
+        key = v.idempotency_key(idempotency_key)
+        with self.store.connection() as conn:
+            job, created = self._reserve_and_insert_refund(conn, key, request)
+        if created:
+            self._dispatch_new(job)
+        return job
+
+    def _reserve_and_insert_refund(
+        self, conn: Conn, key: str, request: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        """One transaction: lock the charge, check, insert the refund job, reserve its amount.
+
+        The charge's row lock queues concurrent refunds of it; the reservation's conditional
+        UPDATE (and the schema's CHECK) would refuse an over-refund even without it.
+        """
+        charge_id = request["charge_job_id"]
+        charge = self.store.lock_charge_for_refund(conn, charge_id)
+        if charge is None:
+            raise JobNotFound(f"no charge with id {charge_id}")
+        existing = self.store.job_by_key(conn, key)  # after the lock: sees a committed twin
+        fingerprint = v.fingerprint(request)
+        if existing is not None:
+            if existing.fingerprint != fingerprint:
+                raise IdempotencyConflict(key, existing.id)
+            return existing, False
+        amount = _refundable(charge, request["amount"])
+        row = {
+            "kind": JobKind.REFUND.value,
+            "provider": charge.provider,
+            "idempotency_key": key,
+            "fingerprint": fingerprint,
+            "amount": amount,
+            "currency": charge.currency,
+            "customer": charge.customer,
+            "payment_method": None,
+            "parent_job_id": charge.id,
+            "params": {"payment_intent": charge.provider_ref, "metadata": request["metadata"]},
+        }
+        job, created = self._insert_or_get(conn, self._with_defaults(row))
+        if created and self.store.reserve_refund(conn, charge.id, amount) is None:
+            raise InvalidOperation(f"charge {charge.id} cannot take a refund of {amount} now")
+        return job, created
+
+    def _with_defaults(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
             **row,
             "max_attempts": self.settings.max_attempts,
             "horizon_s": self.settings.retry_horizon_s,
             "changed_by": "api",
         }
+
+    def _enqueue(self, row: dict[str, Any], conn: Conn | None) -> Job:
+        row = self._with_defaults(row)
         if conn is not None:
             job, created = self._insert_or_get(conn, row)
             if created:
                 self.store.notify_dispatch(conn, job.id)
             return job
-        with self.store.connection() as own:
+        # Insert-or-get needs no transaction: the insert commits alone, and the fallback read
+        # sees the committed row that won the key (one round trip for a new job).
+        with self.store.autocommit_connection() as own:
             job, created = self._insert_or_get(own, row)
         if created:
             self._dispatch_new(job)
@@ -180,7 +295,80 @@ class Orchestrator:
             connect_timeout_s=self.settings.provider_connect_timeout_s,
             read_timeout_s=self.settings.provider_read_timeout_s,
         )
-        return {"stripe": stripe_provider}
+        providers: dict[str, Provider] = {"stripe": stripe_provider}
+        if self.settings.sendgrid_api_key is not None:
+            from orchestrator.providers.sendgrid import SendGridProvider
+
+            providers["sendgrid"] = SendGridProvider(
+                self.settings.require_secret("sendgrid_api_key"),
+                api_base=self.settings.sendgrid_api_base,
+                timeout_s=self.settings.provider_read_timeout_s,
+            )
+        return providers
+
+
+# Email jobs carry no money fields.
+_NO_MONEY: dict[str, Any] = {
+    "amount": None,
+    "currency": None,
+    "customer": None,
+    "payment_method": None,
+    "parent_job_id": None,
+}
+
+
+def _email_request(
+    to: object,
+    subject: object,
+    body: object,
+    template: object,
+    template_data: object,
+    at_least_once: object,
+) -> dict[str, Any]:
+    """The validated email request: exactly one of body and template; subject required with a
+    body (a template may define its own)."""
+    if (body is None) == (template is None):
+        raise ValidationError("give exactly one of body and template")
+    if template is None and template_data is not None:
+        raise ValidationError("template_data needs a template")
+    if not isinstance(at_least_once, bool):
+        raise ValidationError("at_least_once must be True or False")
+    clean_subject = v.text(
+        "subject", subject, max_length=v.MAX_SUBJECT_CHARS, required=template is None
+    )
+    if clean_subject is not None and ("\r" in clean_subject or "\n" in clean_subject):
+        raise ValidationError("subject must be one line")
+    return {
+        "to": v.recipients(to),
+        "subject": clean_subject,
+        "body": v.text("body", body, max_length=v.MAX_BODY_CHARS, required=False),
+        "template": None if template is None else v.template_id(template),
+        "template_data": v.template_data(template_data),
+        "at_least_once": at_least_once,
+    }
+
+
+def _refundable(charge: Job, requested: int | None) -> int:
+    """The amount to reserve for a refund of ``charge``, or InvalidOperation saying why not."""
+    if charge.kind is not JobKind.CHARGE:
+        raise InvalidOperation(f"job {charge.id} is a {charge.kind}, not a charge")
+    if charge.state is not JobState.SUCCEEDED:
+        raise InvalidOperation(
+            f"charge {charge.id} is {charge.state}: only a succeeded charge can be refunded"
+        )
+    total = charge.amount or 0
+    remaining = total - charge.refunded_amount
+    if remaining <= 0:
+        raise InvalidOperation(
+            f"charge {charge.id} is already fully refunded "
+            f"({charge.refunded_amount} of {total} refunded or in flight)"
+        )
+    if requested is not None and requested > remaining:
+        raise InvalidOperation(
+            f"refund of {requested} exceeds what remains refundable on charge {charge.id} "
+            f"({remaining} of {total})"
+        )
+    return remaining if requested is None else requested
 
 
 def _job_id(value: str) -> str:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from orchestrator import ops_cli
 from orchestrator.config import load_settings
 from orchestrator.errors import (
     ConfigError,
@@ -91,6 +92,39 @@ def cmd_charge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        template_data = json.loads(args.template_data) if args.template_data else None
+    except ValueError:
+        raise UsageError("--template-data must be a JSON object") from None
+    with _orchestrator() as orch:
+        job = orch.send_email(
+            args.to,
+            args.subject,
+            args.body,
+            args.template,
+            idempotency_key=args.idempotency_key,
+            from_email=args.from_email,
+            template_data=template_data,
+            at_least_once=args.at_least_once,
+        )
+    if args.json:
+        _print_json(job.to_dict())
+    else:
+        print(f"{job.id} {job.state} email to {', '.join(job.params['to'])}")
+    return EXIT_OK
+
+
+def cmd_refund(args: argparse.Namespace) -> int:
+    with _orchestrator() as orch:
+        job = orch.refund(args.charge_job_id, args.amount, idempotency_key=args.idempotency_key)
+    if args.json:
+        _print_json(job.to_dict())
+    else:
+        print(f"{job.id} {job.state} refund {job.amount} {job.currency} of {job.parent_job_id}")
+    return EXIT_OK
+
+
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     from orchestrator.models import row_to_json
 
@@ -129,33 +163,19 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_jobs_list(args: argparse.Namespace) -> int:
-    with _orchestrator() as orch:
-        jobs = orch.store.list_jobs(
-            state=args.state, kind=args.kind, provider=args.provider, limit=args.limit
-        )
-    if args.json:
-        _print_json([j.to_dict() for j in jobs])
-        return EXIT_OK
-    for j in jobs:
-        print(
-            f"{j.id}  {j.kind:<6} {j.state:<10} {j.attempts}/{j.max_attempts} "
-            f"{j.amount or ''} {j.currency or ''} {j.last_error_code or ''}"
-        )
-    return EXIT_OK
-
-
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from orchestrator.clock import Clock
 
     if not args.once:
         raise UsageError("reconcile runs one pass: pass --once (the clock process loops)")
     with _orchestrator() as orch:
-        report = Clock(orch).run_once()
+        report = Clock(orch).run_once(dry_run=args.dry_run)
     if args.json:
-        _print_json({"leases_expired": report.leases_expired, "dispatched": report.dispatched})
-    else:
-        print(f"leases expired: {report.leases_expired}  re-dispatched: {report.dispatched}")
+        _print_json({"dry_run": report.dry_run, **report.counts})
+        return EXIT_OK
+    verb = "would act on" if report.dry_run else "acted on"
+    for name, count in report.counts.items():
+        print(f"{name:<24} {verb} {count}")
     return EXIT_OK
 
 
@@ -211,6 +231,85 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    from orchestrator import devstack
+
+    return devstack.run_dev(devstack.state_dir())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from orchestrator import demo, devstack
+
+    if args.charges < 0 or args.sends < 0 or args.charges + args.sends == 0:
+        raise UsageError("--charges and --sends must be >= 0, and not both 0")
+    if "ORCHESTRATOR_LOG_LEVEL" not in os.environ:  # the progress table needs a quiet stderr
+        configure_logging("auto", "warning")
+    options = demo.DemoOptions(args.charges, args.sends, args.seed, args.timeout, args.outage)
+    progress = Console(file=sys.stderr)
+    with devstack.stack_for_demo(devstack.state_dir()) as (info, started):
+        if started:
+            progress.print(f"started a local stack for the demo (embedded: {info.embedded})")
+        summary = demo.run(info, options, console=progress)
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        demo.render_summary(summary, Console())
+        if started:
+            print("(the demo's stack is stopped: `orchestrator dev` keeps one up, data kept)")
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from orchestrator.benchmarks.runner import run_all
+
+    return run_all(args)
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    from orchestrator import webhooks
+
+    with _orchestrator() as orch:
+        events = webhooks.list_events(
+            orch, status=args.status, event_type=args.type, job_id=args.job, limit=args.limit
+        )
+    if args.json:
+        _print_json([e.to_dict() for e in events])
+        return EXIT_OK
+    for e in events:
+        print(
+            f"{e.id:<8} {e.received_at:%Y-%m-%d %H:%M:%S} {e.status:<9} {e.type:<32} "
+            f"{e.event_id} {e.job_id or '-'} {e.note or ''}"
+        )
+    return EXIT_OK
+
+
+def cmd_events_show(args: argparse.Namespace) -> int:
+    from orchestrator import webhooks
+    from orchestrator.logs import redact
+
+    with _orchestrator() as orch:
+        event = webhooks.get_event(orch, args.event)
+    # The payload is the provider's; scrub anything secret- or card-shaped before showing it.
+    shown = redact(None, "", event.to_dict())
+    if args.json:
+        _print_json(shown)
+        return EXIT_OK
+    print(f"event {event.id} {event.event_id}  {event.type}  status={event.status}")
+    print(
+        f"  object={event.object_id or '-'}  job={event.job_id or '-'}  attempts={event.attempts}"
+    )
+    processed = f"{event.processed_at:%Y-%m-%d %H:%M:%S}" if event.processed_at else "-"
+    print(f"  received {event.received_at:%Y-%m-%d %H:%M:%S}  processed {processed}")
+    if event.note:
+        print(f"  note: {event.note}")
+    if event.last_error:
+        print(f"  last error: {event.last_error}")
+    print(json.dumps(shown["payload"], indent=2, default=str))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -237,21 +336,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
 
+    p = add("send", cmd_send, "enqueue an email (a body or a SendGrid template)")
+    p.add_argument("--to", action="append", required=True, metavar="ADDRESS")
+    p.add_argument("--subject")
+    content = p.add_mutually_exclusive_group(required=True)
+    content.add_argument("--body")
+    content.add_argument("--template", metavar="TEMPLATE_ID")
+    p.add_argument("--template-data", metavar="JSON")
+    p.add_argument("--from", dest="from_email", help="default: ORCHESTRATOR_EMAIL_FROM")
+    p.add_argument("--at-least-once", action="store_true", help="retry even if maybe delivered")
+    p.add_argument("--idempotency-key", required=True)
+    p.add_argument("--json", action="store_true")
+
+    p = add("refund", cmd_refund, "enqueue a refund of a succeeded charge")
+    p.add_argument("charge_job_id")
+    p.add_argument("--amount", type=int, help="minor units; default: all that remains")
+    p.add_argument("--idempotency-key", required=True)
+    p.add_argument("--json", action="store_true")
+
     jobs = add("jobs", lambda a: EXIT_USAGE, "inspect jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     p = add("show", cmd_jobs_show, "one job with its attempts and transitions", jobs_sub)
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p = add("list", cmd_jobs_list, "jobs, newest first", jobs_sub)
-    p.add_argument("--state")
-    p.add_argument("--kind")
-    p.add_argument("--provider")
+    ops_cli.add_jobs_list(jobs_sub, add)
+    ops_cli.add_dlq(sub, add, _Parser)
+
+    events = add("events", lambda a: EXIT_USAGE, "inspect received provider webhook events")
+    events_sub = events.add_subparsers(dest="events_command", required=True, parser_class=_Parser)
+    p = add("list", cmd_events_list, "events, newest first (no payloads)", events_sub)
+    p.add_argument("--status", choices=["received", "processed", "ignored", "failed"])
+    p.add_argument("--type", help="e.g. payment_intent.succeeded")
+    p.add_argument("--job", help="only events resolved to this job id")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
+    p = add("show", cmd_events_show, "one event with its payload", events_sub)
+    p.add_argument("event", help="row id or provider event id (evt_...)")
+    p.add_argument("--json", action="store_true")
 
-    p = add("reconcile", cmd_reconcile, "one pass of lease expiry and the dispatch sweep")
+    p = add("reconcile", cmd_reconcile, "one clock pass: lease expiry, dispatch sweep, retention")
     p.add_argument("--once", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--dry-run", action="store_true", help="count what a pass would do; change nothing"
+    )
     p.add_argument("--json", action="store_true")
 
     p = add("worker", cmd_worker, "run dramatiq workers over the actors package")
@@ -267,6 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulator", cmd_simulator, "serve the Stripe/SendGrid-compatible simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=12111)
+
+    add("dev", cmd_dev, "run the whole stack locally (embedded PostgreSQL/Redis if unset)")
+    p = add("demo", cmd_demo, "enqueue charges and sends under faults; show progress, summary")
+    p.add_argument("--charges", type=int, default=500)
+    p.add_argument("--sends", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42, help="payment-method mix and amounts")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for settling")
+    p.add_argument("--outage", type=float, default=2.0, help="Stripe outage seconds (0: none)")
+    p.add_argument("--json", action="store_true", help="summary as JSON on stdout")
+
+    from orchestrator.benchmarks.runner import add_arguments as add_bench_arguments
+
+    p = add("bench", cmd_bench, "run the benchmarks (what scripts/bench runs)")
+    add_bench_arguments(p)
+
+    from orchestrator.breaker_cli import add_commands as add_breaker_commands
+
+    add_breaker_commands(add)
     return parser
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
@@ -18,6 +25,21 @@ from orchestrator.errors import ConfigError
 # inside that window, or a late retry could execute a second time: the horizon is capped at 20 h.
 STRIPE_KEY_RETENTION_S = 24 * 3600
 MAX_RETRY_HORIZON_S = 20 * 3600
+
+
+def parse_rate_limits(text: str) -> dict[str, float]:
+    """``"stripe=100,sendgrid=600"`` -> {"stripe": 100.0, "sendgrid": 600.0} (calls per s)."""
+    limits: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not sep or not name.strip() or not rate >= 0:
+            raise ValueError(f"expected PROVIDER=CALLS_PER_S, got {part!r}")
+        limits[name.strip()] = rate
+    return limits
 
 
 def _env(name: str) -> AliasChoices:
@@ -43,6 +65,8 @@ class Settings(BaseSettings):
     sendgrid_api_base: str = Field(
         "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE")
     )
+    # The sender of orch.send_email() when the call names none (a verified SendGrid sender).
+    email_from: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_EMAIL_FROM"))
     ops_token: SecretStr | None = Field(None, validation_alias=_env("ORCHESTRATOR_OPS_TOKEN"))
 
     # Attempts per job, counting every provider call (a retry with the same key included).
@@ -78,12 +102,69 @@ class Settings(BaseSettings):
     processing_poll_s: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_PROCESSING_POLL_S")
     )
+    # A `processing` charge still pending after this long goes `dead` (stuck_pending) for an
+    # operator: bank debits can take days, so the default is a week.
+    stuck_pending_s: float = Field(
+        7 * 24 * 3600.0, gt=0, validation_alias=_env("ORCHESTRATOR_STUCK_PENDING_S")
+    )
+    # Safety margin added to a lease beyond two full provider calls (clock skew, GC pauses).
+    lease_margin_s: float = Field(
+        10.0, ge=0, le=600, validation_alias=_env("ORCHESTRATOR_LEASE_MARGIN_S")
+    )
+    # Attempt rows of finished jobs are deleted after this many days (job rows never are).
+    attempt_retention_days: int = Field(
+        90, ge=1, le=3650, validation_alias=_env("ORCHESTRATOR_ATTEMPT_RETENTION_DAYS")
+    )
+    # Webhook event rows are deleted after this many days (well past providers' redelivery).
+    event_retention_days: int = Field(
+        30, ge=1, le=3650, validation_alias=_env("ORCHESTRATOR_EVENT_RETENTION_DAYS")
+    )
     # A dispatched job nobody claimed for this long gets its message sent again.
     dispatch_grace_s: float = Field(
         30.0, ge=0, le=3600, validation_alias=_env("ORCHESTRATOR_DISPATCH_GRACE_S")
     )
     clock_interval_s: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_CLOCK_INTERVAL_S")
+    )
+    # Circuit breaker, per provider, shared in Redis (orchestrator.breaker). It opens after
+    # this many consecutive failures (5xx, timeouts, connection errors) ...
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, validation_alias=_env("ORCHESTRATOR_BREAKER_FAILURE_THRESHOLD")
+    )
+    # ... or when at least this share of the last `window_calls` calls made within
+    # `window_s` failed, once the window holds at least `min_calls` calls.
+    breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, validation_alias=_env("ORCHESTRATOR_BREAKER_FAILURE_RATE")
+    )
+    breaker_window_calls: int = Field(
+        20, ge=1, le=1000, validation_alias=_env("ORCHESTRATOR_BREAKER_WINDOW_CALLS")
+    )
+    breaker_window_s: float = Field(
+        60.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_BREAKER_WINDOW_S")
+    )
+    breaker_min_calls: int = Field(
+        20, ge=1, le=1000, validation_alias=_env("ORCHESTRATOR_BREAKER_MIN_CALLS")
+    )
+    # Open this long before one probe is let through; each failed probe doubles it, up to max.
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_BREAKER_COOLDOWN_S")
+    )
+    breaker_cooldown_max_s: float = Field(
+        300.0, gt=0, le=6 * 3600, validation_alias=_env("ORCHESTRATOR_BREAKER_COOLDOWN_MAX_S")
+    )
+    # Redis socket timeouts for breaker calls (ms): a slow Redis must not slow every job;
+    # past it the process falls back to its local breaker.
+    breaker_redis_timeout_ms: int = Field(
+        250, ge=10, le=10_000, validation_alias=_env("ORCHESTRATOR_BREAKER_REDIS_TIMEOUT_MS")
+    )
+    # Fleet-wide calls per second per provider, "stripe=100,sendgrid=600"; a provider not
+    # listed is not rate limited. Stripe's live-mode limit is 100 operations per second.
+    rate_limits: str = Field("stripe=100", validation_alias=_env("ORCHESTRATOR_RATE_LIMITS"))
+    # A 429's Retry-After pauses every worker's calls to that provider, for at most this long
+    # (0: only the job that got the 429 waits). A provider asking for more is still honoured
+    # by that job's own backoff.
+    rate_limit_pause_max_s: float = Field(
+        60.0, ge=0, le=3600, validation_alias=_env("ORCHESTRATOR_RATE_LIMIT_PAUSE_MAX_S")
     )
     db_pool_max_size: int = Field(
         10, ge=1, le=200, validation_alias=_env("ORCHESTRATOR_DB_POOL_MAX_SIZE")
@@ -118,6 +199,28 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// URL")
         return value
 
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @field_validator("breaker_min_calls")
+    @classmethod
+    def _min_calls_fit_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("breaker_window_calls")
+        if window is not None and value > window:
+            raise ValueError("must not exceed ORCHESTRATOR_BREAKER_WINDOW_CALLS")
+        return value
+
+    @field_validator("breaker_cooldown_max_s")
+    @classmethod
+    def _cooldown_max_covers_cooldown(cls, value: float, info: ValidationInfo) -> float:
+        cooldown = info.data.get("breaker_cooldown_s")
+        if cooldown is not None and value < cooldown:
+            raise ValueError("must be at least ORCHESTRATOR_BREAKER_COOLDOWN_S")
+        return value
+
     @field_validator("stripe_api_base", "sendgrid_api_base")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -125,10 +228,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// URL")
         return value.rstrip("/")
 
+    @field_validator("email_from")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        from orchestrator.validation import email
+
+        return None if value is None else email("ORCHESTRATOR_EMAIL_FROM", value)
+
     @property
     def lease_s(self) -> float:
         """How long a claim holds a job: one full provider call plus a safety margin."""
-        return 2 * (self.provider_connect_timeout_s + self.provider_read_timeout_s) + 10
+        calls_s = 2 * (self.provider_connect_timeout_s + self.provider_read_timeout_s)
+        return calls_s + self.lease_margin_s
 
     def require_secret(self, name: str) -> str:
         """Return a secret setting's value, or raise ConfigError naming its variable."""

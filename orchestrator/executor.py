@@ -28,6 +28,14 @@ from typing import Any
 
 import structlog
 
+from orchestrator.breaker import (
+    Breaker,
+    Permit,
+    SharedBreaker,
+    Signal,
+    signal_of,
+    signal_of_lookup_failure,
+)
 from orchestrator.broker import Dispatcher
 from orchestrator.config import Settings
 from orchestrator.errors import ProviderUnavailable
@@ -42,8 +50,18 @@ log = get_logger(__name__)
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 RETRY_HORIZON = "retry_horizon"
 AMBIGUOUS = "ambiguous"
+STUCK_PENDING = "stuck_pending"
+UNRESOLVED = "unresolved"
+# A pending object is never polled less often than this, however old it is.
+MAX_PROCESSING_POLL_S = 3600.0
 # A lookup that could not reach the provider is tried again after this long.
 LOOKUP_RETRY_S = 5.0
+# A job for a provider this worker has no credentials for (e.g. SENDGRID_API_KEY unset) goes
+# dead at once: no call was made, so replaying it once the provider is configured is safe, and
+# the DLQ shows the misconfiguration now instead of after a whole retry horizon.
+PROVIDER_UNCONFIGURED = "provider_unconfigured"
+# An unknown/processing job of such a provider is looked at again after this long.
+UNCONFIGURED_RECHECK_S = 300.0
 
 
 def provider_key(job: Job, generation: int | None = None) -> str:
@@ -77,6 +95,8 @@ class Decision:
     generation_step: int = 0
     unknown_cause: str | None = None
     dead_reason: str | None = None
+    # A call the breaker or rate limiter denied: the claim's attempt is given back.
+    refund_attempt: bool = False
 
     @property
     def needs_message(self) -> bool:
@@ -158,18 +178,18 @@ def decide_lookup(
     search_grace_s: float,
     honours_keys: bool,
     processing_poll_s: float,
+    stuck_pending_s: float = float("inf"),
 ) -> Decision | float:
     """Settle an ``unknown`` or ``processing`` job from a lookup, or return seconds to wait."""
     if found is not None:
         if found.kind is AttemptOutcome.SUCCEEDED:
             return Decision(JobState.SUCCEEDED, "lookup found a successful object")
         if found.kind is AttemptOutcome.PENDING:
-            if job.state is JobState.PROCESSING:
-                return processing_poll_s
-            return Decision(JobState.PROCESSING, "lookup found a pending object", processing_poll_s)
+            return _still_pending(job, now, processing_poll_s, stuck_pending_s)
         return Decision(JobState.FAILED, f"lookup found a failed object ({found.provider_status})")
     if job.state is JobState.PROCESSING:
-        return processing_poll_s  # the object we hold a reference to must come back
+        # The object we hold a reference to must come back; keep polling, within the age cap.
+        return _still_pending(job, now, processing_poll_s, stuck_pending_s)
     can_attempt = job.attempts < job.max_attempts and now < job.deadline_at
     if job.unknown_cause != "server_error" and honours_keys and can_attempt:
         # Nothing came back, so nothing was saved against the key: the same key either
@@ -179,7 +199,7 @@ def decide_lookup(
     waited = (now - last).total_seconds()
     if waited < search_grace_s:
         return search_grace_s - waited + 0.5
-    if not honours_keys:
+    if not honours_keys and not job.params.get("at_least_once"):
         return Decision(JobState.DEAD, "outcome unknown and not provable", dead_reason=AMBIGUOUS)
     if can_attempt:
         return Decision(
@@ -189,6 +209,59 @@ def decide_lookup(
         )
     reason = ATTEMPTS_EXHAUSTED if job.attempts >= job.max_attempts else RETRY_HORIZON
     return Decision(JobState.DEAD, "absent at the provider and no attempt left", dead_reason=reason)
+
+
+def _still_pending(
+    job: Job, now: datetime, poll_s: float, stuck_pending_s: float
+) -> Decision | float:
+    """Poll a pending object with backoff (a tenth of its age), until it is too old."""
+    age_s = (now - (job.last_attempt_at or job.created_at)).total_seconds()
+    if age_s >= stuck_pending_s:
+        return Decision(
+            JobState.DEAD, f"still pending after {age_s:.0f}s", dead_reason=STUCK_PENDING
+        )
+    delay = min(max(poll_s, age_s / 10), MAX_PROCESSING_POLL_S)
+    if job.state is JobState.PROCESSING:
+        return delay
+    return Decision(JobState.PROCESSING, "lookup found a pending object", delay)
+
+
+# A job denied by the breaker or the rate limiter waits for the next probe time plus a
+# jitter of this share of the wait (at least the minimum, at most the maximum), so the jobs
+# parked by one outage do not all come back in the same millisecond.
+DEFERRAL_JITTER_SHARE = 0.25
+DEFERRAL_JITTER_MIN_S = 0.05
+DEFERRAL_JITTER_MAX_S = 10.0
+
+
+def decide_deferral(job: Job, now: datetime, permit: Permit, rng: random.Random) -> Decision:
+    """A claimed job whose call was denied: back to ``retrying`` with its attempt refunded."""
+    spread = min(
+        max(permit.wait_s * DEFERRAL_JITTER_SHARE, DEFERRAL_JITTER_MIN_S), DEFERRAL_JITTER_MAX_S
+    )
+    delay = permit.wait_s + rng.uniform(0, spread)
+    if now + timedelta(seconds=delay) > job.deadline_at:
+        return Decision(
+            JobState.DEAD,
+            f"{permit.reason}; next attempt would pass the retry horizon"[:500],
+            dead_reason=RETRY_HORIZON,
+            refund_attempt=True,
+        )
+    return Decision(
+        JobState.RETRYING,
+        f"{permit.reason}; no attempt made, next try in {delay:.1f}s"[:500],
+        delay,
+        refund_attempt=True,
+    )
+
+
+def _unconfigured(job: Job) -> Decision:
+    return Decision(
+        JobState.DEAD,
+        f"provider {job.provider!r} is not configured in this worker; no call was made",
+        dead_reason=PROVIDER_UNCONFIGURED,
+        refund_attempt=True,
+    )
 
 
 class Executor:
@@ -202,6 +275,7 @@ class Executor:
         settings: Settings,
         *,
         rng: random.Random | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -209,19 +283,26 @@ class Executor:
         self.settings = settings
         self.policy = RetryPolicy(settings.backoff_base_s, settings.backoff_max_s)
         self.rng = rng or random.Random()
+        self.breaker = breaker or SharedBreaker.from_settings(settings)
         self._host = f"{socket.gethostname()}:{os.getpid()}"
 
     def _owner(self) -> str:
         return f"worker:{self._host}:{uuid.uuid4().hex[:8]}"
 
     def run(self, job_id: str) -> JobState | None:
-        """Handle one message for ``job_id``; returns the job's new state, or None if idle."""
+        """Handle one message for ``job_id``; returns the job's new state, or None if idle.
+
+        Nearly every message is for a due ``pending`` or ``retrying`` job, so the claim
+        comes first: one statement, instead of reading the job and then claiming it.
+        """
+        owner = self._owner()
+        row = self.store.claim(job_id, owner, self.settings.lease_s)
+        if row is not None:
+            return self._attempt_claimed(row, owner)
         job = self.store.job(job_id)
         if job is None:
             log.warning("job.not_found", job_id=job_id)
             return None
-        if job.state in (JobState.PENDING, JobState.RETRYING):
-            return self.attempt(job_id)
         if job.state in (JobState.UNKNOWN, JobState.PROCESSING):
             return self.resolve(job_id)
         log.debug("job.message_ignored", job_id=job_id, state=str(job.state))
@@ -235,17 +316,27 @@ class Executor:
         if row is None:
             log.debug("job.claim_lost", job_id=job_id)
             return None
+        return self._attempt_claimed(row, owner)
+
+    def _attempt_claimed(self, row: dict[str, Any], owner: str) -> JobState | None:
         job = Job.from_row(row)
         now: datetime = row["db_now"]
-        provider = self.providers[job.provider]
+        provider = self.providers.get(job.provider)
+        if provider is None:
+            return self._settle(job, owner, _unconfigured(job), None, None)
         key = provider_key(job)
         structlog.contextvars.bind_contextvars(
             job_id=job.id, kind=str(job.kind), provider=job.provider, attempt=job.attempts
         )
+        permit = self.breaker.acquire(job.provider)
+        if not permit.allowed:
+            log.info("job.attempt_deferred", verdict=permit.verdict, wait_s=permit.wait_s)
+            return self._settle(job, owner, decide_deferral(job, now, permit, self.rng), None, None)
         log.info("job.attempt_started", key_generation=job.key_generation)
         started = time.perf_counter()
         outcome = provider.execute(job, key)
         duration_ms = int((time.perf_counter() - started) * 1000)
+        self.breaker.record(permit, signal_of(outcome), outcome.retry_after_s)
         decision = decide(
             job,
             outcome,
@@ -278,13 +369,33 @@ class Executor:
             return None
         job = Job.from_row(row)
         now: datetime = row["db_now"]
-        provider = self.providers[job.provider]
+        provider = self.providers.get(job.provider)
+        if provider is None:  # nothing can be looked up here; stay visibly unresolved
+            log.warning("job.provider_unconfigured", provider=job.provider)
+            self._release(job, owner, UNCONFIGURED_RECHECK_S)
+            return job.state
+        permit = self.breaker.acquire(job.provider)
+        if not permit.allowed:
+            # A lookup is a provider call too: it waits for the breaker like an attempt.
+            self._release(job, owner, decide_deferral(job, now, permit, self.rng).delay_s)
+            return job.state
         try:
             found = provider.lookup(job)
         except ProviderUnavailable as exc:
+            self.breaker.record(permit, signal_of_lookup_failure(exc))
             log.warning("job.lookup_failed", error=str(exc))
+            if job.state is JobState.UNKNOWN and now >= job.deadline_at:
+                # Past the horizon with the provider still unable to answer: an operator
+                # must settle it by hand (dlq show has the attempt history).
+                dead = Decision(
+                    JobState.DEAD,
+                    f"unresolved past the retry horizon: {exc}",
+                    dead_reason=UNRESOLVED,
+                )
+                return self._settle(job, owner, dead, None, None)
             self._release(job, owner, LOOKUP_RETRY_S)
             return job.state
+        self.breaker.record(permit, Signal.SUCCESS)
         decision = decide_lookup(
             job,
             found,
@@ -292,6 +403,7 @@ class Executor:
             search_grace_s=self.settings.search_grace_s,
             honours_keys=provider.honours_idempotency_keys,
             processing_poll_s=self.settings.processing_poll_s,
+            stuck_pending_s=self.settings.stuck_pending_s,
         )
         if isinstance(decision, float):
             self._release(job, owner, decision)
@@ -325,6 +437,7 @@ class Executor:
             "dispatching": decision.needs_message,
             "generation_step": decision.generation_step,
             "reset_attempts": False,
+            "refund_attempt": int(decision.refund_attempt),
             "provider_ref": outcome.provider_ref if outcome else None,
             "provider_status": outcome.provider_status if outcome else None,
             "error_code": outcome.error_code if outcome else None,

@@ -88,6 +88,8 @@ class Job:
     change_reason: str
     created_at: datetime
     updated_at: datetime
+    # Charges only: refunds reserved against this charge (schema.sql, jobs_refunds_within_amount).
+    refunded_amount: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

@@ -19,6 +19,14 @@ What is simulated
   idempotency: a re-sent request is delivered again.
 * **Control plane** (``/_sim/...``, JSON, no auth) so tests in another process can
   inject faults, reset state and inspect what happened (see :class:`SimulatorControl`).
+* **Webhooks**: with a target set (constructor ``webhook_url``/``webhook_secret``,
+  :meth:`Simulator.set_webhook` or ``POST /_sim/webhooks``), PaymentIntent status changes
+  (``payment_intent.succeeded``, ``.processing``, ``.payment_failed``,
+  ``.requires_action``) and refunds (``charge.refunded``) are POSTed as Stripe events, signed
+  like Stripe (``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">``), from a
+  background thread so API answers are never delayed; ``processing`` intents settle on a
+  timer so their final event is sent without anyone reading them. A delivery answered
+  non-2xx (or not at all) is retried a few times. ``GET /_sim/webhooks`` lists deliveries.
 
 Fault model
 -----------
@@ -44,6 +52,10 @@ request:
 
 ``search_lag_s`` hides objects younger than that from search, and
 ``processing_delay_s`` is how long ``pm_sim_processing*`` intents stay ``processing``.
+Webhook faults (Stripe's config): ``webhook_duplicate_rate`` delivers an event twice with
+that probability; ``webhook_delay_ms`` holds each event that long before delivery; with
+``webhook_reorder`` set, once the oldest held event is due every queued event goes out
+newest first (so with a delay, ``succeeded`` can arrive before ``processing``).
 
 Every provider request is appended to the requests log with ``fault`` set to
 the name of the fault field that fired (``"outage"``, ``"rate_429"``,
@@ -59,6 +71,8 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -70,6 +84,8 @@ import sys
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,7 +96,7 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["FaultConfig", "Simulator", "SimulatorControl", "serve"]
+__all__ = ["FaultConfig", "Simulator", "SimulatorControl", "serve", "sign_webhook"]
 
 PROVIDERS: tuple[str, ...] = ("stripe", "sendgrid")
 MIN_AMOUNT_MINOR_UNITS = 1
@@ -97,6 +113,13 @@ LISTEN_BACKLOG = 256
 STRIPE_ID_CHARS = 24
 REQUEST_ID_CHARS = 14
 JSON_CONTENT_TYPE = "application/json"
+# Webhook delivery: Stripe retries for days; a few quick tries is enough for tests and demos.
+WEBHOOK_MAX_ATTEMPTS = 3
+WEBHOOK_RETRY_BASE_S = 0.2
+WEBHOOK_TIMEOUT_S = 5.0
+# How often the webhook thread wakes to settle processing intents and send due events.
+WEBHOOK_TICK_S = 0.02
+STRIPE_API_VERSION = "2024-06-20"
 _ALNUM = string.ascii_letters + string.digits
 _BYTE_TO_ALNUM = "".join(_ALNUM[i % len(_ALNUM)] for i in range(256)).encode("ascii")
 _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -142,6 +165,9 @@ class FaultConfig:
     search_lag_s: float = 0.0
     first_try_only: bool = False
     processing_delay_s: float = 2.0
+    webhook_duplicate_rate: float = 0.0
+    webhook_delay_ms: float = 0.0
+    webhook_reorder: bool = False
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object]) -> FaultConfig:
@@ -174,7 +200,7 @@ def _coerce_fault_value(name: str, raw: object, default: object) -> float | bool
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise ValueError(f"fault field {name!r} must be a number")
     value = float(raw)
-    if value < 0 or (name.startswith("rate_") and value > 1):
+    if value < 0 or ((name.startswith("rate_") or name.endswith("_rate")) and value > 1):
         raise ValueError(f"fault field {name!r} out of range: {value}")
     return value
 
@@ -403,6 +429,9 @@ class _State:
         self.sendgrid_api_key = sendgrid_api_key
         self.seed = seed
         self.id_rng = random.Random()
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.webhook_wakeup = threading.Condition(self.lock)
         self._init_data()
 
     def _init_data(self) -> None:
@@ -416,6 +445,9 @@ class _State:
         self.log: list[dict[str, Any]] = []
         self.idempotency: dict[tuple[str, str], _IdempotencyEntry] = {}
         self.seen_keys: set[tuple[str, str, str]] = set()
+        self.settling: set[str] = set()  # processing intents waiting for their timer
+        self.webhook_queue: list[_WebhookDelivery] = []
+        self.webhook_log: list[dict[str, Any]] = []
 
     def reset(self) -> None:
         with self.lock:
@@ -458,6 +490,17 @@ class _State:
         with self.lock:
             self.log.append(entry)
 
+    def record_webhook(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.webhook_log.append(entry)
+
+    def set_webhook(self, url: str | None, secret: str | None) -> None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("webhook url must be an http(s):// URL")
+        with self.lock:
+            self.webhook_url = url
+            self.webhook_secret = secret
+
     # -- snapshots (lock held by caller-facing wrappers) --------------------------
 
     def snapshot_payment_intents(self) -> list[dict[str, Any]]:
@@ -474,6 +517,8 @@ class _State:
                 source = list(self.refunds.values())
             elif name == "mail":
                 source = self.mail
+            elif name == "webhooks":
+                source = self.webhook_log
             else:
                 source = self.log
             return copy.deepcopy(source)
@@ -553,14 +598,17 @@ def _settle(state: _State, record: _PaymentIntentRecord, now_mono: float) -> Non
         return
     record.settle_at_mono = None
     obj = record.obj
+    state.settling.discard(obj["id"])
     if record.settle_fails:
         obj["status"] = "requires_payment_method"
         obj["last_payment_error"] = _card_error_dict(
             _TEST_PAYMENT_METHODS["pm_card_chargeDeclined"], obj["payment_method"]
         )
         obj["payment_method"] = None
+        _emit(state, "payment_intent.payment_failed", obj)
         return
     _mark_succeeded(state, obj)
+    _emit(state, "payment_intent.succeeded", obj)
 
 
 def _mark_succeeded(state: _State, obj: dict[str, Any]) -> None:
@@ -762,14 +810,18 @@ class _StripeAPI:
         obj = record.obj
         if outcome.status == "succeeded":
             _mark_succeeded(self.state, obj)
+            _emit(self.state, "payment_intent.succeeded", obj)
         elif outcome.status == "requires_action":
             obj["status"] = "requires_action"
             obj["next_action"] = {"type": "use_stripe_sdk", "use_stripe_sdk": {}}
+            _emit(self.state, "payment_intent.requires_action", obj)
         elif outcome.status == "processing":
             obj["status"] = "processing"
             delay_s = self.state.faults["stripe"].processing_delay_s
             record.settle_at_mono = record.created_mono + delay_s
             record.settle_fails = outcome.settle_fails
+            self.state.settling.add(obj["id"])
+            _emit(self.state, "payment_intent.processing", obj)
         else:
             self._decline(obj, outcome)
 
@@ -778,6 +830,7 @@ class _StripeAPI:
         obj["status"] = "requires_payment_method"
         obj["last_payment_error"] = error
         obj["payment_method"] = None
+        _emit(self.state, "payment_intent.payment_failed", obj)
         raise _StripeError(
             402,
             outcome.message,
@@ -873,6 +926,7 @@ class _StripeAPI:
         pi["amount_refunded"] += amount
         state.refunds[refund["id"]] = refund
         state.refunds_by_pi.setdefault(pi["id"], []).append(refund["id"])
+        _emit(state, "charge.refunded", _charge_of(pi))
         return refund
 
     def _get_refund(self, parts: list[str], _params: dict[str, Any]) -> _Response:
@@ -1267,6 +1321,143 @@ def _freeze(value: object) -> object:
     return value
 
 
+# --------------------------------------------------------------------------- webhooks
+
+
+@dataclass
+class _WebhookDelivery:
+    """One event waiting for delivery (a duplicate is a second delivery of the same event)."""
+
+    event: dict[str, Any]
+    due_mono: float
+
+
+def _emit(state: _State, event_type: str, obj: Mapping[str, Any]) -> None:
+    """Queue a Stripe event for ``obj`` (lock held); a no-op without a webhook target."""
+    if state.webhook_url is None:
+        return
+    config = state.faults["stripe"]
+    event = {
+        "id": state.new_id("evt_"),
+        "object": "event",
+        "api_version": STRIPE_API_VERSION,
+        "created": int(time.time()),
+        "livemode": False,
+        "pending_webhooks": 1,
+        "type": event_type,
+        "data": {"object": copy.deepcopy(dict(obj))},
+    }
+    due = time.monotonic() + config.webhook_delay_ms / 1000.0
+    copies = 2 if state.fault_rng.random() < config.webhook_duplicate_rate else 1
+    for _ in range(copies):
+        state.webhook_queue.append(_WebhookDelivery(event, due))
+    state.webhook_wakeup.notify()
+
+
+def _charge_of(pi: Mapping[str, Any]) -> dict[str, Any]:
+    """The Charge behind a succeeded intent, as ``charge.*`` events carry it."""
+    return {
+        "id": pi["latest_charge"],
+        "object": "charge",
+        "amount": pi["amount"],
+        "amount_captured": pi["amount_received"],
+        "amount_refunded": pi["amount_refunded"],
+        "currency": pi["currency"],
+        "customer": pi["customer"],
+        "metadata": dict(pi["metadata"]),
+        "paid": True,
+        "payment_intent": pi["id"],
+        "refunded": pi["amount_refunded"] >= pi["amount_received"],
+        "status": "succeeded",
+    }
+
+
+def sign_webhook(payload: bytes, secret: str, timestamp: int) -> str:
+    """A ``Stripe-Signature`` header value for ``payload``, as Stripe computes it."""
+    signed = f"{timestamp}.".encode() + payload
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+class _WebhookSender:
+    """Background thread: settles processing intents on time and delivers queued events."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.thread = threading.Thread(
+            target=self._loop, name="orchestrator-simulator-webhooks", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        with self.state.webhook_wakeup:
+            self.state.webhook_wakeup.notify()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        state = self.state
+        while not state.stop_event.is_set():
+            with state.webhook_wakeup:
+                state.webhook_wakeup.wait(WEBHOOK_TICK_S)
+                batch = self._take_due()
+                target = (state.webhook_url, state.webhook_secret)
+            for delivery in batch:
+                if state.stop_event.is_set():
+                    return
+                self._deliver(delivery.event, *target)
+
+    def _take_due(self) -> list[_WebhookDelivery]:
+        """Settle due intents, then pop the deliveries to send now (lock held)."""
+        state = self.state
+        now = time.monotonic()
+        for pi_id in list(state.settling):
+            record = state.payment_intents.get(pi_id)
+            if record is None:
+                state.settling.discard(pi_id)
+            else:
+                _settle(state, record, now)
+        queue = state.webhook_queue
+        if not queue or queue[0].due_mono > now:
+            return []
+        if state.faults["stripe"].webhook_reorder:
+            batch = list(reversed(queue))
+            queue.clear()
+            return batch
+        batch = [d for d in queue if d.due_mono <= now]
+        state.webhook_queue = [d for d in queue if d.due_mono > now]
+        return batch
+
+    def _deliver(self, event: dict[str, Any], url: str | None, secret: str | None) -> None:
+        if url is None:
+            return
+        body = json.dumps(event, separators=(",", ":")).encode()
+        status: int | None = None
+        attempt = 0
+        for attempt in range(1, WEBHOOK_MAX_ATTEMPTS + 1):
+            status = self._post(url, body, secret)
+            if status is not None and 200 <= status < 300:
+                break
+            if self.state.stop_event.wait(WEBHOOK_RETRY_BASE_S * 2 ** (attempt - 1)):
+                break
+        entry = {"event_id": event["id"], "type": event["type"], "status": status}
+        self.state.record_webhook({**entry, "attempts": attempt})
+
+    def _post(self, url: str, body: bytes, secret: str | None) -> int | None:
+        headers = {"Content-Type": JSON_CONTENT_TYPE, "User-Agent": "Stripe/1.0 (simulator)"}
+        if secret:
+            headers["Stripe-Signature"] = sign_webhook(body, secret, int(time.time()))
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as resp:  # noqa: S310
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (OSError, ValueError):
+            return None
+
+
 # --------------------------------------------------------------------------- control plane
 
 
@@ -1279,6 +1470,8 @@ def _control(state: _State, method: str, path: str, body: bytes) -> _Response:
         return _json_response(200, {"ok": True})
     if method == "POST" and name == "faults":
         return _control_set_faults(state, body)
+    if method == "POST" and name == "webhooks":
+        return _control_set_webhook(state, body)
     return _json_response(404, {"error": f"unknown control endpoint: {method} {path}"})
 
 
@@ -1287,7 +1480,7 @@ def _control_get(state: _State, name: str) -> _Response:
         return _json_response(200, {"ok": True})
     if name == "payment_intents":
         return _json_response(200, state.snapshot_payment_intents())
-    if name in ("refunds", "mail", "requests"):
+    if name in ("refunds", "mail", "requests", "webhooks"):
         return _json_response(200, state.snapshot(name))
     if name == "faults":
         with state.lock:
@@ -1303,6 +1496,20 @@ def _control_set_faults(state: _State, body: bytes) -> _Response:
             raise ValueError("body must be a JSON object")
         provider = payload.pop("provider", "all")
         state.set_faults(str(provider), payload)
+    except ValueError as exc:
+        return _json_response(400, {"error": str(exc)})
+    return _json_response(200, {"ok": True})
+
+
+def _control_set_webhook(state: _State, body: bytes) -> _Response:
+    try:
+        payload = json.loads(body or b"{}")
+        if not isinstance(payload, dict):
+            raise ValueError("body must be a JSON object")
+        url, secret = payload.get("url"), payload.get("secret")
+        if not isinstance(url, (str, type(None))) or not isinstance(secret, (str, type(None))):
+            raise ValueError("url and secret must be strings or null")
+        state.set_webhook(url, secret)
     except ValueError as exc:
         return _json_response(400, {"error": str(exc)})
     return _json_response(200, {"ok": True})
@@ -1437,12 +1644,16 @@ class Simulator:
         stripe_api_key: str | None = None,
         sendgrid_api_key: str | None = None,
         seed: int | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._state = _State(stripe_api_key, sendgrid_api_key, seed)
+        self._state.set_webhook(webhook_url, webhook_secret)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._sender: _WebhookSender | None = None
 
     def start(self) -> Simulator:
         """Bind, start serving in a daemon thread and return once listening."""
@@ -1457,7 +1668,9 @@ class Simulator:
             daemon=True,
         )
         thread.start()
-        self._server, self._thread = server, thread
+        sender = _WebhookSender(self._state)
+        sender.start()
+        self._server, self._thread, self._sender = server, thread, sender
         return self
 
     def stop(self) -> None:
@@ -1470,7 +1683,9 @@ class Simulator:
         server.server_close()
         server.close_all_connections()
         thread.join()
-        self._server = self._thread = None
+        if self._sender is not None:
+            self._sender.join()
+        self._server = self._thread = self._sender = None
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -1505,6 +1720,14 @@ class Simulator:
 
     def requests_log(self) -> list[dict[str, Any]]:
         return self._state.snapshot("requests")
+
+    def set_webhook(self, url: str | None, secret: str | None = None) -> None:
+        """Send events to ``url`` signed with ``secret`` (None stops sending); kept by reset."""
+        self._state.set_webhook(url, secret)
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Finished deliveries: event id, type, last HTTP status (None: no answer), attempts."""
+        return self._state.snapshot("webhooks")
 
 
 def serve(
@@ -1568,6 +1791,12 @@ class SimulatorControl:
 
     def requests_log(self) -> list[dict[str, Any]]:
         return self._get("requests")
+
+    def set_webhook(self, url: str | None, secret: str | None = None) -> None:
+        self._post("webhooks", {"url": url, "secret": secret})
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        return self._get("webhooks")
 
     def close(self) -> None:
         self._session.close()

@@ -48,16 +48,38 @@ def connect(url: str, *, autocommit: bool = False) -> Conn:
 
 
 def make_pool(url: str, *, max_size: int, min_size: int = 1) -> ConnectionPool[Conn]:
-    return ConnectionPool(
+    pool_ref: list[ConnectionPool[Conn]] = []
+
+    def check(conn: Conn) -> None:
+        """Check a connection on checkout; on failure, sweep every idle one at once.
+
+        psycopg_pool backs off exponentially (1 s, 2 s, 4 s, ...) between failed checks, so
+        after a server restart or ``pg_terminate_backend`` of N idle connections a client
+        would wait out N back-offs. Checking the whole pool on the first failure replaces the
+        dead ones in one go.
+        """
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            if pool_ref:
+                pool_ref[0].check()
+            raise
+
+    pool: ConnectionPool[Conn] = ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         open=True,
-        kwargs={"row_factory": dict_row},
+        # Autocommit: a one-statement method costs two round trips (the pool's check and the
+        # statement), not four (check, BEGIN, statement, COMMIT). Multi-statement work goes
+        # through Store.connection(), which opens an explicit transaction.
+        kwargs={"row_factory": dict_row, "autocommit": True},
         connection_class=psycopg.Connection,
-        check=ConnectionPool.check_connection,
+        check=check,
         name="orchestrator",
     )
+    pool_ref.append(pool)
+    return pool
 
 
 def migrate(url: str) -> None:
@@ -82,6 +104,13 @@ class Store:
 
     @contextmanager
     def connection(self) -> Iterator[Conn]:
+        """A pooled connection inside one transaction: committed at exit, rolled back on error."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def autocommit_connection(self) -> Iterator[Conn]:
+        """A pooled connection on which every statement commits by itself (no BEGIN/COMMIT)."""
         with self.pool.connection() as conn:
             yield conn
 
@@ -151,6 +180,7 @@ class Store:
             return conn.execute(q("lease_for_lookup"), args).fetchone()
 
     def settle(self, args: dict[str, Any]) -> Job | None:
+        args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
         with self.pool.connection() as conn:
             row = conn.execute(q("settle_job"), args).fetchone()
         return Job.from_row(row) if row else None
@@ -170,3 +200,34 @@ class Store:
         with self.pool.connection() as conn:
             rows = conn.execute(q("due_for_dispatch"), {"grace_s": grace_s, "limit": limit})
             return [str(r["id"]) for r in rows.fetchall()]
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def _count(self, name: str, args: dict[str, Any] | None = None) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute(q(name), args or {}).fetchone()
+        return int(row["n"]) if row else 0
+
+    def count_expired_leases(self) -> int:
+        return self._count("count_expired_leases")
+
+    def count_due_for_dispatch(self, grace_s: float) -> int:
+        return self._count("count_due_for_dispatch", {"grace_s": grace_s})
+
+    def count_old_attempts(self, days: int) -> int:
+        return self._count("count_old_attempts", {"days": days})
+
+    def delete_old_attempts(self, days: int, limit: int) -> int:
+        with self.pool.connection() as conn:
+            cur = conn.execute(q("delete_old_attempts"), {"days": days, "limit": limit})
+            return cur.rowcount
+
+    # -- refunds (inside orch.refund()'s transaction) --------------------------------------
+
+    def lock_charge_for_refund(self, conn: Conn, charge_id: str) -> Job | None:
+        row = conn.execute(q("lock_charge_for_refund"), {"id": charge_id}).fetchone()
+        return Job.from_row(row) if row else None
+
+    def reserve_refund(self, conn: Conn, charge_id: str, amount: int) -> Job | None:
+        row = conn.execute(q("reserve_refund"), {"id": charge_id, "amount": amount}).fetchone()
+        return Job.from_row(row) if row else None

@@ -114,3 +114,61 @@ def fingerprint(request: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the request: equal requests, equal fingerprints."""
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- email (SendGrid's v3 mail send) -----------------------------------------------------------
+
+# RFC 5321 caps a forward path at 256 octets including the angle brackets: 254 for the address.
+MAX_EMAIL_CHARS = 254
+# SendGrid accepts at most 1000 recipients per personalization.
+MAX_RECIPIENTS = 1000
+# RFC 5322 caps a header line at 998 characters; the subject is one header.
+MAX_SUBJECT_CHARS = 998
+# Bodies are stored in the job row (jsonb) until sent: 1 MB keeps rows small; SendGrid's own
+# limit is 30 MB for the whole message.
+MAX_BODY_CHARS = 1_000_000
+# SendGrid rejects dynamic_template_data over 10,000 bytes.
+MAX_TEMPLATE_DATA_BYTES = 10_000
+
+# A pragmatic address check: one @, a local part and a dotted domain, no spaces or controls.
+_EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# SendGrid template ids: dynamic ("d-" + 32 hex) or legacy (a UUID).
+_TEMPLATE_ID_RE = re.compile(r"^(d-[0-9a-f]{32}|[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12})$")
+
+
+def email(name: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_EMAIL_CHARS or not _EMAIL_RE.match(value):
+        raise ValidationError(f"{name} must be an email address such as 'ana@example.com'")
+    return value
+
+
+def recipients(value: object) -> list[str]:
+    """One address, or a non-empty sequence of distinct addresses (order kept)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not 1 <= len(items) <= MAX_RECIPIENTS:
+        raise ValidationError(f"to must be an email address or a list of 1-{MAX_RECIPIENTS}")
+    clean = [email("to", item) for item in items]
+    if len({a.lower() for a in clean}) != len(clean):
+        raise ValidationError("to must not repeat an address")
+    return clean
+
+
+def template_id(value: object) -> str:
+    if not isinstance(value, str) or not _TEMPLATE_ID_RE.match(value):
+        raise ValidationError("template must be a SendGrid template id such as 'd-<32 hex>'")
+    return value
+
+
+def template_data(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValidationError("template_data must be a mapping with string keys")
+    try:
+        encoded = json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationError("template_data must be JSON-serializable") from None
+    if len(encoded.encode()) > MAX_TEMPLATE_DATA_BYTES:
+        raise ValidationError(f"template_data must be at most {MAX_TEMPLATE_DATA_BYTES} bytes")
+    clean: dict[str, Any] = json.loads(encoded)
+    return clean

@@ -3,7 +3,8 @@
 Integration tests use a real PostgreSQL (a fresh database per test session, truncated per
 test) and a real Redis (a namespace per session), and the provider simulator over real HTTP.
 Point them elsewhere with TEST_DATABASE_URL (a server-level URL; the session creates its own
-database there) and TEST_REDIS_URL.
+database there) and TEST_REDIS_URL. With neither set and nothing listening on 5432 / 6379 (or
+with TEST_FORCE_EMBEDDED=1), embedded PostgreSQL and Redis are started for the session.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import psycopg
 import pytest
 import redis
 
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+from tests.embedded import service_urls
+
+# Real local services when reachable, else embedded ones for the session (tests/embedded.py).
+TEST_DATABASE_URL, TEST_REDIS_URL = service_urls()
 STRIPE_TEST_KEY = "sk_test_orchestratorSuiteKey4242"
 SENDGRID_TEST_KEY = "SG.orchestratorSuite.key"
 SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -91,6 +92,11 @@ def test_settings(database_url: str, redis_namespace: str, simulator_url: str, *
         "provider_connect_timeout_s": 1.0,
         "provider_read_timeout_s": 2.0,
         "max_attempts": 10,
+        # A fault-injecting test may trip the breaker: keep its cooldown short.
+        "breaker_cooldown_s": 0.5,
+        "breaker_cooldown_max_s": 2.0,
+        # Fault injection answers 429 at random, not at a rate: keep fleet-wide pauses short.
+        "rate_limit_pause_max_s": 0.2,
         "log_format": "json",
     }
     values.update(extra)
@@ -122,7 +128,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         orchestrator = request.getfixturevalue("orch")
         sim = request.getfixturevalue("simulator")
         with psycopg.connect(orchestrator.settings.database_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE job_transitions, job_attempts, jobs")
+            conn.execute("TRUNCATE job_transitions, job_attempts, jobs CASCADE")
         _flush_namespace(orchestrator.settings.redis_namespace)
         sim.reset()
     yield

@@ -1,4 +1,4 @@
-"""Stripe, through the official SDK: charges as confirmed PaymentIntents.
+"""Stripe, through the official SDK: charges as confirmed PaymentIntents, and Refunds.
 
 Every call carries the orchestrator's own deterministic idempotency key and explicit
 timeouts; the SDK's own retries stay off (they would invent a random key per call).
@@ -24,6 +24,12 @@ MAX_ERROR_MESSAGE_CHARS = 500
 _PI_SUCCEEDED = {"succeeded", "requires_capture"}
 _PI_PENDING = {"processing"}
 _PI_FAILED = {"requires_payment_method", "requires_action", "canceled", "requires_confirmation"}
+# Refund statuses, by what they mean for the job (failed and canceled refunds moved no money).
+_REFUND_SUCCEEDED = {"succeeded"}
+_REFUND_PENDING = {"pending", "requires_action"}
+_REFUND_RANK = {"succeeded": 0, "pending": 1, "requires_action": 1}
+# Refunds listed per page when looking one up (Stripe's maximum page size).
+REFUND_LIST_PAGE = 100
 
 
 class StripeProvider:
@@ -51,13 +57,10 @@ class StripeProvider:
     # -- execute ---------------------------------------------------------------------------
 
     def execute(self, job: Job, idempotency_key: str) -> Outcome:
-        if job.kind is not JobKind.CHARGE:
-            raise NotImplementedError(f"stripe does not execute {job.kind} jobs yet")
+        if job.kind not in (JobKind.CHARGE, JobKind.REFUND):
+            raise NotImplementedError(f"stripe does not execute {job.kind} jobs")
         try:
-            intent = self._client.v1.payment_intents.create(
-                charge_params(job),  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
-            )
+            return self._create(job, idempotency_key)
         except stripe.StripeError as exc:
             return classify_error(exc)
         except Exception as exc:  # a bug or an unexpected library failure mid-call
@@ -67,11 +70,26 @@ class StripeProvider:
                 message=_clip(str(exc)),
                 unknown_cause=NO_RESPONSE,
             )
+
+    def _create(self, job: Job, idempotency_key: str) -> Outcome:
+        options: Any = {"idempotency_key": idempotency_key}
+        if job.kind is JobKind.REFUND:
+            refund = self._client.v1.refunds.create(
+                refund_params(job),  # type: ignore[arg-type]
+                options=options,
+            )
+            return outcome_of_refund(refund, _request_id(refund))
+        intent = self._client.v1.payment_intents.create(
+            charge_params(job),  # type: ignore[arg-type]
+            options=options,
+        )
         return outcome_of_intent(intent, _request_id(intent))
 
     # -- lookup ----------------------------------------------------------------------------
 
     def lookup(self, job: Job) -> Outcome | None:
+        if job.kind is JobKind.REFUND:
+            return self._lookup_refund(job)
         try:
             if job.provider_ref:
                 intent = self._client.v1.payment_intents.retrieve(job.provider_ref)
@@ -86,6 +104,25 @@ class StripeProvider:
         # A job makes at most one successful PaymentIntent; prefer it over failed generations.
         intents.sort(key=lambda pi: (pi.status not in _PI_SUCCEEDED, pi.created))
         return outcome_of_intent(intents[0], None)
+
+    def _lookup_refund(self, job: Job) -> Outcome | None:
+        """Retrieve the refund we hold a reference to, or find it among the payment intent's
+        refunds by ``metadata.orchestrator_job_id`` (a list, unlike search, is consistent)."""
+        try:
+            if job.provider_ref:
+                refund = self._client.v1.refunds.retrieve(job.provider_ref)
+                return outcome_of_refund(refund, _request_id(refund))
+            listed = self._client.v1.refunds.list(
+                {"payment_intent": job.params["payment_intent"], "limit": REFUND_LIST_PAGE}
+            )
+            mine = [r for r in listed.auto_paging_iter() if _job_id_of(r) == job.id]
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"stripe lookup failed: {type(exc).__name__}") from exc
+        if not mine:
+            return None
+        # One job makes at most one live refund; prefer it over failed key generations.
+        mine.sort(key=lambda r: (_REFUND_RANK.get(str(r.status), 2), r.created))
+        return outcome_of_refund(mine[0], None)
 
 
 def charge_params(job: Job) -> dict[str, Any]:
@@ -105,6 +142,35 @@ def charge_params(job: Job) -> dict[str, Any]:
     return params
 
 
+def refund_params(job: Job) -> dict[str, Any]:
+    """The Refund parameters for a refund job: identical on every attempt."""
+    return {
+        "payment_intent": job.params["payment_intent"],
+        "amount": job.amount,
+        "metadata": {**job.metadata, JOB_ID_METADATA_KEY: job.id},
+    }
+
+
+def outcome_of_refund(refund: Any, request_id: str | None) -> Outcome:
+    status = str(refund.status)
+    if status in _REFUND_SUCCEEDED:
+        kind = AttemptOutcome.SUCCEEDED
+    elif status in _REFUND_PENDING:
+        kind = AttemptOutcome.PENDING
+    else:
+        kind = AttemptOutcome.PERMANENT
+    failed = kind is AttemptOutcome.PERMANENT
+    reason = getattr(refund, "failure_reason", None) if failed else None
+    return Outcome(
+        kind,
+        provider_ref=str(refund.id),
+        provider_status=status,
+        error_class="RefundStatus" if failed else None,
+        error_code=(reason or f"refund_{status}") if failed else None,
+        request_id=request_id,
+    )
+
+
 def outcome_of_intent(intent: Any, request_id: str | None) -> Outcome:
     status = str(intent.status)
     if status in _PI_SUCCEEDED:
@@ -116,7 +182,12 @@ def outcome_of_intent(intent: Any, request_id: str | None) -> Outcome:
     error_code = None if kind is not AttemptOutcome.PERMANENT else f"payment_intent_{status}"
     last_error = getattr(intent, "last_payment_error", None)
     if kind is AttemptOutcome.PERMANENT and last_error:
-        error_code = last_error.get("decline_code") or last_error.get("code") or error_code
+        # A StripeObject, not a dict (stripe 16): read fields as attributes.
+        error_code = (
+            getattr(last_error, "decline_code", None)
+            or getattr(last_error, "code", None)
+            or error_code
+        )
     return Outcome(
         kind,
         provider_ref=str(intent.id),
@@ -245,6 +316,13 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _job_id_of(obj: Any) -> str | None:
+    metadata: Any = getattr(obj, "metadata", None)  # a StripeObject: no .get()
+    if metadata is None or JOB_ID_METADATA_KEY not in metadata:
+        return None
+    return str(metadata[JOB_ID_METADATA_KEY])
 
 
 def _request_id(obj: Any) -> str | None:
