@@ -10,7 +10,10 @@ and optionally a preview ``(orchestrator) -> int`` for ``--dry-run``:
   within the grace get one: a lost message, Redis emptied, a crash between commit and send;
 * ``attempts_deleted``: attempt rows of finished jobs past the retention window;
 * ``webhooks_redispatched``: webhook events stored but not processed within the grace get
-  their processing message again.
+  their processing message again;
+* ``webhook_events_deleted``: settled webhook events past their retention window;
+* ``dead_letters_reconciled``: messages dramatiq dead-lettered in Redis, copied to
+  PostgreSQL for operators (and re-sent when their job is still live).
 
 ``run()`` waits for the lock (a second clock waits here and takes over when the first dies,
 since PostgreSQL releases a session's advisory locks with its connection), listens for
@@ -96,6 +99,14 @@ def delete_old_attempts(orch: Orchestrator, owner: str) -> int:
     return deleted
 
 
+def delete_old_events(orch: Orchestrator, owner: str) -> int:
+    days = orch.settings.event_retention_days
+    deleted = orch.store.delete_old_webhook_events(days, BATCH_LIMIT)
+    if deleted:
+        log.info("clock.webhook_events_deleted", count=deleted)
+    return deleted
+
+
 TASKS: list[Task] = [
     Task("leases_expired", expire_leases, lambda o: o.store.count_expired_leases()),
     Task(
@@ -115,6 +126,11 @@ TASKS: list[Task] = [
         webhooks.count_stale_events,
     ),
     # Messages dramatiq dead-lettered in Redis: recorded for operators, live jobs re-sent.
+    Task(
+        "webhook_events_deleted",
+        delete_old_events,
+        lambda o: o.store.count_old_webhook_events(o.settings.event_retention_days),
+    ),
     Task("dead_letters_reconciled", reconcile_dead_letters, count_dead_letters),
 ]
 

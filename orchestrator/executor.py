@@ -324,10 +324,16 @@ class Executor:
         provider = self.providers.get(job.provider)
         if provider is None:
             return self._settle(job, owner, _unconfigured(job), None, None)
-        key = provider_key(job)
-        structlog.contextvars.bind_contextvars(
+        # Bound for this attempt only: callers outside an actor keep a clean context.
+        with structlog.contextvars.bound_contextvars(
             job_id=job.id, kind=str(job.kind), provider=job.provider, attempt=job.attempts
-        )
+        ):
+            return self._attempt_bound(job, owner, now, provider)
+
+    def _attempt_bound(
+        self, job: Job, owner: str, now: datetime, provider: Provider
+    ) -> JobState | None:
+        key = provider_key(job)
         permit = self.breaker.acquire(job.provider)
         if not permit.allowed:
             log.info("job.attempt_deferred", verdict=permit.verdict, wait_s=permit.wait_s)

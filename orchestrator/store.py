@@ -217,6 +217,14 @@ class Store:
     def count_old_attempts(self, days: int) -> int:
         return self._count("count_old_attempts", {"days": days})
 
+    def count_old_webhook_events(self, days: int) -> int:
+        return self._count("count_old_webhook_events", {"days": days})
+
+    def delete_old_webhook_events(self, days: int, limit: int) -> int:
+        with self.pool.connection() as conn:
+            cur = conn.execute(q("delete_old_webhook_events"), {"days": days, "limit": limit})
+            return cur.rowcount
+
     def delete_old_attempts(self, days: int, limit: int) -> int:
         with self.pool.connection() as conn:
             cur = conn.execute(q("delete_old_attempts"), {"days": days, "limit": limit})

@@ -176,6 +176,20 @@ WHERE id IN (
     LIMIT %(limit)s
 );
 
+-- name: delete_old_webhook_events
+-- Retention: settled events only, long after providers stop redelivering (Stripe: 3 days), so
+-- deduplication still holds for any delivery that can still arrive.
+DELETE FROM webhook_events
+WHERE id IN (
+    SELECT id FROM webhook_events
+    WHERE status <> 'received' AND received_at < now() - make_interval(days => %(days)s)
+    LIMIT %(limit)s
+);
+
+-- name: count_old_webhook_events
+SELECT count(*) AS n FROM webhook_events
+WHERE status <> 'received' AND received_at < now() - make_interval(days => %(days)s);
+
 -- name: count_old_attempts
 SELECT count(*) AS n FROM job_attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.finished_at < now() - make_interval(days => %(days)s)

@@ -216,3 +216,133 @@ def test_stuck_pending_goes_dead(orch: Any, simulator: Any) -> None:
 def _make_due(orch: Any, job_id: str) -> None:
     with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
         conn.execute("UPDATE jobs SET next_attempt_at = now() WHERE id = %s", (job_id,))
+
+
+def test_retention_deletes_only_old_history_of_finished_jobs(orch: Any) -> None:
+    """Attempt rows of finished jobs and settled events past retention go; job rows stay,
+    and a live job's history is kept whatever its age."""
+    done = orch.charge(100, "usd", None, "pm_card_visa", "retention-done")
+    live = orch.charge(100, "usd", None, "pm_card_visa", "retention-live")
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        for job, state in ((done, "succeeded"), (live, "retrying")):
+            conn.execute(
+                "INSERT INTO job_attempts (job_id, attempt, key_generation, worker, outcome,"
+                " duration_ms, started_at, finished_at) VALUES (%s, 1, 0, 'w', 'not_executed',"
+                " 5, now() - interval '400 days', now() - interval '400 days')",
+                (job.id,),
+            )
+        conn.execute(
+            "UPDATE jobs SET state = 'running', lease_owner = 'w', lease_expires_at = now(),"
+            " changed_by = 't', change_reason = 't' WHERE id IN (%s, %s)",
+            (done.id, live.id),
+        )
+        conn.execute(
+            "UPDATE jobs SET state = 'succeeded', provider_ref = 'pi_x', changed_by = 't',"
+            " change_reason = 't' WHERE id = %s",
+            (done.id,),
+        )
+        conn.execute(
+            "UPDATE jobs SET state = 'retrying', changed_by = 't', change_reason = 't'"
+            " WHERE id = %s",
+            (live.id,),
+        )
+        conn.execute(
+            "INSERT INTO webhook_events (provider, event_id, type, payload, status, processed_at,"
+            " received_at) VALUES ('stripe', 'evt_old', 'x', '{}', 'processed', now(),"
+            " now() - interval '400 days'), ('stripe', 'evt_new', 'x', '{}', 'processed',"
+            " now(), now())"
+        )
+    clock = Clock(orch)
+    preview = clock.run_once(dry_run=True)
+    assert (preview["attempts_deleted"], preview["webhook_events_deleted"]) == (1, 1)
+    report = clock.run_once()
+    assert (report["attempts_deleted"], report["webhook_events_deleted"]) == (1, 1)
+    assert orch.attempts(done.id) == []
+    assert len(orch.attempts(live.id)) == 1
+    assert count_jobs(orch) == 2
+    with psycopg.connect(orch.settings.database_url) as conn:
+        left = conn.execute("SELECT event_id FROM webhook_events").fetchall()
+    assert left == [("evt_new",)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int, workdir: Path) -> None:
+    import subprocess
+
+    subprocess.run(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / f"redis-{port}.log"),
+        ],
+        check=True,
+    )
+    client = redis.Redis(port=port)
+    wait_until(lambda: _pings(client), timeout_s=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _stop_redis(port: int) -> None:
+    import contextlib
+
+    with contextlib.suppress(redis.RedisError):  # shutdown drops the connection under us
+        redis.Redis(port=port).shutdown(nosave=True)
+
+
+def test_redis_stopped_and_restarted_mid_run(orch: Any, simulator: Any, tmp_path: Path) -> None:
+    """A private Redis (broker and breaker state) is stopped mid-run and comes back empty:
+    workers carry on, charges accepted during the outage are kept, none is lost or doubled."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    _start_redis(port, tmp_path)
+    settings = test_settings(
+        orch.settings.database_url,
+        "restart",
+        simulator.url,
+        lease_margin_s=1.0,
+        dispatch_grace_s=0.5,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+    )
+    local = Orchestrator(settings, store=orch.store)
+    simulator.set_faults("stripe", latency_ms=50)
+    env = settings_env(settings)
+    try:
+        with spawn(worker_args(1, 8), env, tmp_path / "w.log"):
+            jobs = _enqueue(local, 150, "redis-restart")
+            wait_until(lambda: count_jobs(local, "succeeded") >= 30, timeout_s=60)
+            _stop_redis(port)
+            jobs += _enqueue(local, 20, "during-outage")  # accepted: PostgreSQL is the truth
+            time.sleep(1.0)
+            _start_redis(port, tmp_path)
+            _drive_until_settled(local, 170)
+    finally:
+        _stop_redis(port)
+    _assert_one_intent_per_job(simulator, jobs, local)
