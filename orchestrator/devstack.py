@@ -769,6 +769,9 @@ def run_dev(directory: Path) -> int:
     Returns 0 after Ctrl-C / SIGTERM, 1 when a process exits on its own (all are stopped).
     """
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # then leaves it ignored: Ctrl-C / SIGINT must stop `dev` however it was started.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = DevStack(directory, echo=True)
     try:
         info = stack.start()
@@ -791,6 +794,7 @@ def run_dev(directory: Path) -> int:
     finally:
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
