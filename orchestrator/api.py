@@ -236,8 +236,7 @@ class Orchestrator:
             return job
         # Insert-or-get needs no transaction: the insert commits alone, and the fallback read
         # sees the committed row that won the key (one round trip for a new job).
-        with self.store.autocommit_connection() as own:
-            job, created = self._insert_or_get(own, row)
+        job, created = self.store.retrying(lambda own: self._insert_or_get(own, row))
         if created:
             self._dispatch_new(job)
         return job

@@ -123,7 +123,12 @@ def make_handler(stream: IO[str], fmt: str = "auto") -> logging.Handler:
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog and route stdlib logging (dramatiq, psycopg) through it."""
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Drop events below the level before any processor runs (they cost nothing then).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -7,11 +7,11 @@ Every function here runs one named query. SQL text lives only in ``schema.sql`` 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import ConfigError
+from orchestrator.logs import get_logger
 from orchestrator.models import Attempt, Job, Transition
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -26,6 +27,8 @@ QUERIES_PATH = Path(__file__).resolve().parent / "sql" / "queries.sql"
 # Serializes concurrent `migrate` runs (any constant unique to this application will do).
 MIGRATE_LOCK_ID = 0x6F726368  # "orch"
 
+log = get_logger(__name__)
+T = TypeVar("T")
 Row = dict[str, Any]
 Conn = psycopg.Connection[Row]
 
@@ -55,8 +58,8 @@ def make_pool(url: str, *, max_size: int, min_size: int = 1) -> ConnectionPool[C
 
         psycopg_pool backs off exponentially (1 s, 2 s, 4 s, ...) between failed checks, so
         after a server restart or ``pg_terminate_backend`` of N idle connections a client
-        would wait out N back-offs. Checking the whole pool on the first failure replaces the
-        dead ones in one go.
+        would wait out one back-off per dead connection: checking the whole pool on the first
+        failure replaces them all at once.
         """
         try:
             ConnectionPool.check_connection(conn)
@@ -117,6 +120,27 @@ class Store:
     def close(self) -> None:
         self.pool.close()
 
+    def retrying(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` on an autocommit connection; if that connection turns out to be broken
+        (the server killed it between the checkout check and the statement), run it again on
+        another.
+
+        Only for work that is safe to repeat: single compare-and-set statements and
+        insert-or-get. A statement that fails on a broken connection almost always never ran;
+        if it did commit, the repeat finds its row gone from the expected state (or the key
+        taken) and says so, exactly as a lost race would.
+        """
+        for _ in range(self.pool.max_size):
+            with self.pool.connection() as conn:
+                try:
+                    return work(conn)
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    log.warning("store.connection_broken", action="retrying on another")
+        with self.pool.connection() as conn:
+            return work(conn)
+
     # -- inserting -------------------------------------------------------------------------
 
     def insert_job(self, conn: Conn, params: dict[str, Any]) -> Job | None:
@@ -171,8 +195,7 @@ class Store:
 
     def claim(self, job_id: str, owner: str, lease_s: float) -> Row | None:
         args = {"id": job_id, "owner": owner, "lease_s": lease_s}
-        with self.pool.connection() as conn:
-            return conn.execute(q("claim_job"), args).fetchone()
+        return self.retrying(lambda conn: conn.execute(q("claim_job"), args).fetchone())
 
     def lease_for_lookup(self, job_id: str, owner: str, lease_s: float) -> Row | None:
         args = {"id": job_id, "owner": owner, "lease_s": lease_s}
@@ -181,8 +204,7 @@ class Store:
 
     def settle(self, args: dict[str, Any]) -> Job | None:
         args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
-        with self.pool.connection() as conn:
-            row = conn.execute(q("settle_job"), args).fetchone()
+        row = self.retrying(lambda conn: conn.execute(q("settle_job"), args).fetchone())
         return Job.from_row(row) if row else None
 
     def release_lease(self, job_id: str, owner: str, delay_s: float) -> Job | None:

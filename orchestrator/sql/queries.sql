@@ -58,7 +58,18 @@ RETURNING *, now() AS db_now;
 -- Move a job held under our lease out of `from_state`, recording the attempt (when one was
 -- made) in the same statement. Data-modifying CTEs always run, so the attempt is recorded
 -- even if the lease was lost meanwhile, which is what happened at the provider.
-WITH attempt AS (
+--
+-- It commits asynchronously (synchronous_commit = off for this transaction only): the worker
+-- does not wait for the WAL flush. Only a crash of PostgreSQL itself within a fraction of a
+-- second can lose the commit, and then the job is back in `running` under an expired lease:
+-- the clock makes it `unknown` and the lookup adopts what the provider holds. Nothing is
+-- executed twice: Stripe replays the same key, and a send without keys goes `dead`
+-- (ambiguous) rather than out again. The claim, which precedes the provider call, stays
+-- synchronous: losing it could let a send without keys go out twice.
+WITH async_commit AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
+),
+attempt AS (
     INSERT INTO job_attempts (job_id, attempt, key_generation, provider_key, worker, outcome,
                               error_class, error_code, http_status, provider_request_id,
                               provider_ref, duration_ms, started_at)
@@ -90,6 +101,7 @@ SET state = %(to_state)s,
 WHERE id = %(id)s
   AND state = %(from_state)s
   AND lease_owner IS NOT DISTINCT FROM %(lease_owner)s
+  AND (SELECT setting FROM async_commit) = 'off'
 RETURNING *;
 
 -- name: release_lease

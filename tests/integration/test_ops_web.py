@@ -235,7 +235,10 @@ def test_schemathesis_finds_no_server_error(server: str, orch: Any) -> None:
     assert len(exercised) == len(_operations())
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="Debian's chromium and chromium-driver are not installed",
+)
 def test_dashboard_login_and_replay_in_a_real_browser(server: str, orch: Any) -> None:
     """Headless chromium: the dashboard refuses a wrong token, logs in with the right one (an
     HttpOnly cookie that is not the token), shows the dead job, and after Replay is clicked
