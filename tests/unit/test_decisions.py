@@ -23,7 +23,8 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(base_s=1.0, max_s=60.0)
 
 
-def make_job(**fields: Any) -> Job:
+def make_job(now: datetime = NOW, **fields: Any) -> Job:
+    """A running charge at ``now`` (attempt 1 of 5); fields as given."""
     base = Job(
         id="00000000-0000-0000-0000-000000000001",
         kind=JobKind.CHARGE,
@@ -40,13 +41,13 @@ def make_job(**fields: Any) -> Job:
         key_generation=0,
         attempts=1,
         max_attempts=5,
-        next_attempt_at=NOW,
-        deadline_at=NOW + timedelta(hours=1),
+        next_attempt_at=now,
+        deadline_at=now + timedelta(hours=1),
         lease_owner="w",
-        lease_expires_at=NOW,
+        lease_expires_at=now,
         unknown_cause=None,
-        last_attempt_at=NOW,
-        dispatched_at=NOW,
+        last_attempt_at=now,
+        dispatched_at=now,
         provider_ref=None,
         provider_status=None,
         last_error_code=None,
@@ -54,8 +55,8 @@ def make_job(**fields: Any) -> Job:
         dead_reason=None,
         changed_by="w",
         change_reason="r",
-        created_at=NOW,
-        updated_at=NOW,
+        created_at=now,
+        updated_at=now,
     )
     return replace(base, **fields)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from orchestrator.errors import ValidationError
-from orchestrator.models import Attempt, AttemptOutcome, Job, JobKind, JobState
+from orchestrator.models import Attempt, AttemptOutcome, Job, JobState
 from orchestrator.operations import (
     JobFilter,
     ReplayAction,
@@ -23,46 +24,23 @@ from orchestrator.ops_cli import parse_rate
 from orchestrator.ops_dashboard import attempts_chart
 from orchestrator.ops_web import SESSION_TTL_S, OpsAuth
 from orchestrator.providers.base import Outcome
+from tests.unit.test_decisions import make_job
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def _job(**kw: object) -> Job:
-    base = dict(
-        id="6f1c1f5e-3f59-4d5e-9c56-1c7c9e3f0a11",
-        kind=JobKind.CHARGE,
-        provider="stripe",
-        state=JobState.DEAD,
-        idempotency_key="k",
-        fingerprint="0" * 64,
-        amount=100,
-        currency="usd",
-        customer=None,
-        payment_method="pm_card_visa",
-        parent_job_id=None,
-        params={},
-        key_generation=0,
-        attempts=1,
-        max_attempts=1,
-        next_attempt_at=NOW,
-        deadline_at=NOW,
-        lease_owner=None,
-        lease_expires_at=None,
-        unknown_cause=None,
-        last_attempt_at=NOW,
-        dispatched_at=None,
-        provider_ref=None,
-        provider_status=None,
-        last_error_code=None,
-        last_error=None,
-        dead_reason="attempts_exhausted",
-        changed_by="t",
-        change_reason="t",
-        created_at=NOW,
-        updated_at=NOW,
-    )
-    base.update(kw)
-    return Job(**base)  # type: ignore[arg-type]
+def _job(**kw: Any) -> Job:
+    """A dead charge by default (the DLQ's subject); fields as given."""
+    defaults: dict[str, Any] = {
+        "state": JobState.DEAD,
+        "max_attempts": 1,
+        "deadline_at": NOW,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "dispatched_at": None,
+        "dead_reason": "attempts_exhausted",
+    }
+    return make_job(now=NOW, **{**defaults, **kw})
 
 
 def _attempt(n: int, outcome: str, status: int | None, generation: int = 0) -> Attempt:
