@@ -74,6 +74,11 @@ class Run:
             max_attempts=20,
             log_level="warning",
             log_format="json",
+            # Chaos measures recovery, not pacing: production cooldowns (30 s doubling to
+            # 5 min) and 1 s fleet-wide pauses per 429 would only stretch the run.
+            breaker_cooldown_s=1.0,
+            breaker_cooldown_max_s=5.0,
+            rate_limit_pause_max_s=0.2,
         )
         migrate(self.settings.database_url)
         self.env = settings_env(self.settings)
