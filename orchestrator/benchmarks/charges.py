@@ -67,7 +67,7 @@ CURRENCY = "usd"
 PAYMENT_METHOD = "pm_card_visa"
 CUSTOMER = "cus_bench"
 
-# The targets, reported against (never asserted): the orchestrator's drain rate as a
+# The targets, reported against (never asserted): the orchestrator's drain rate as a
 # share of the naive call's, by provider latency, and the p99 of orch.charge().
 TARGET_SHARE_OF_NAIVE = {0.0: 0.5, SLOW_LATENCY_MS: 0.9}
 TARGET_ENQUEUE_P99_MS = 10.0

@@ -42,7 +42,7 @@ import stripe
 from orchestrator.benchmarks import support
 from orchestrator.benchmarks.support import BenchError
 
-# The target, reported against (never asserted): p99 time to 2xx at this rate.
+# The target, reported against (never asserted): p99 time to 2xx at this rate.
 RATE_PER_S = 200
 TARGET_P99_MS = 50.0
 PACED_S, QUICK_PACED_S = 10.0, 2.0

@@ -1,5 +1,5 @@
 """The executor and the breaker: a denied call consumes no attempt and obeys the horizon;
-outcomes are reported to the breaker as the issue classifies them."""
+outcomes are reported to the breaker as classified (5xx, timeouts, connection errors fail)."""
 
 from __future__ import annotations
 

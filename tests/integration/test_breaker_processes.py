@@ -1,6 +1,6 @@
-"""Acceptance: the breaker shared across worker processes, with real Redis and PostgreSQL.
+"""The breaker shared across worker processes, with real Redis and PostgreSQL.
 
-The issue's 20 s outage, with a 2 s cooldown (doubling to at most 4 s) so that several probes
+A 20 s outage, with a 2 s cooldown (doubling to at most 4 s) so that several probes
 fall inside it: a bounded number of provider calls during the outage, no job dead or charged
 an attempt it did not make, every charge succeeding once afterwards.
 """
