@@ -151,14 +151,18 @@ def refund_params(job: Job) -> dict[str, Any]:
     }
 
 
+def _kind_of(status: str, succeeded: set[str], pending: set[str]) -> AttemptOutcome:
+    """A provider object's status word, as what it means for the job."""
+    if status in succeeded:
+        return AttemptOutcome.SUCCEEDED
+    if status in pending:
+        return AttemptOutcome.PENDING
+    return AttemptOutcome.PERMANENT
+
+
 def outcome_of_refund(refund: Any, request_id: str | None) -> Outcome:
     status = str(refund.status)
-    if status in _REFUND_SUCCEEDED:
-        kind = AttemptOutcome.SUCCEEDED
-    elif status in _REFUND_PENDING:
-        kind = AttemptOutcome.PENDING
-    else:
-        kind = AttemptOutcome.PERMANENT
+    kind = _kind_of(status, _REFUND_SUCCEEDED, _REFUND_PENDING)
     failed = kind is AttemptOutcome.PERMANENT
     reason = getattr(refund, "failure_reason", None) if failed else None
     return Outcome(
@@ -173,12 +177,7 @@ def outcome_of_refund(refund: Any, request_id: str | None) -> Outcome:
 
 def outcome_of_intent(intent: Any, request_id: str | None) -> Outcome:
     status = str(intent.status)
-    if status in _PI_SUCCEEDED:
-        kind = AttemptOutcome.SUCCEEDED
-    elif status in _PI_PENDING:
-        kind = AttemptOutcome.PENDING
-    else:
-        kind = AttemptOutcome.PERMANENT
+    kind = _kind_of(status, _PI_SUCCEEDED, _PI_PENDING)
     error_code = None if kind is not AttemptOutcome.PERMANENT else f"payment_intent_{status}"
     last_error = getattr(intent, "last_payment_error", None)
     if kind is AttemptOutcome.PERMANENT and last_error:
