@@ -195,6 +195,23 @@ def _require_traversable(path: Path, user: pwd.struct_passwd) -> None:
             )
 
 
+def _spawn_service(
+    argv: list[str], log_path: Path, die_signal: signal.Signals, **kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """A service in its own process group, logging to ``log_path``, stopped with
+    ``die_signal`` if this supervisor dies."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(  # noqa: S603
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(die_signal),
+            **kwargs,
+        )
+
+
 def _user_kwargs(user: pwd.struct_passwd | None) -> dict[str, Any]:
     if user is None:
         return {}
@@ -261,16 +278,7 @@ class EmbeddedPostgres:
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(signal.SIGINT),
-                **_user_kwargs(self.user),
-            )
+        self.proc = _spawn_service(argv, self.log_path, signal.SIGINT, **_user_kwargs(self.user))
         self._wait_ready()
         log.info("devstack.postgres_started", port=self.port, data_dir=str(self.data_dir))
         return self
@@ -396,15 +404,7 @@ class EmbeddedRedis:
         self.port = free_port(self.port)
         argv = [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1"]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.base_dir)]
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(signal.SIGTERM),
-            )
+        self.proc = _spawn_service(argv, self.log_path, signal.SIGTERM)
         self._wait_ready()
         log.info("devstack.redis_started", port=self.port)
         return self
