@@ -157,6 +157,17 @@ class Store:
         with self.pool.connection() as conn:
             return work(conn)
 
+    # -- one statement, retried on a broken connection -------------------------------------
+
+    def _one(self, name: str, args: dict[str, Any] | None = None) -> Row | None:
+        return self.retrying(lambda conn: conn.execute(q(name), args or {}).fetchone())
+
+    def _all(self, name: str, args: dict[str, Any] | None = None) -> list[Row]:
+        return self.retrying(lambda conn: conn.execute(q(name), args or {}).fetchall())
+
+    def _rowcount(self, name: str, args: dict[str, Any]) -> int:
+        return self.retrying(lambda conn: conn.execute(q(name), args).rowcount)
+
     # -- inserting -------------------------------------------------------------------------
 
     def insert_job(self, conn: Conn, params: dict[str, Any]) -> Job | None:
@@ -175,18 +186,15 @@ class Store:
     # -- reading ---------------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job | None:
-        with self.pool.connection() as conn:
-            row = conn.execute(q("job_by_id"), {"id": job_id}).fetchone()
+        row = self._one("job_by_id", {"id": job_id})
         return Job.from_row(row) if row else None
 
     def attempts(self, job_id: str) -> list[Attempt]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("job_attempts"), {"id": job_id}).fetchall()
+        rows = self._all("job_attempts", {"id": job_id})
         return [Attempt.from_row(r) for r in rows]
 
     def transitions(self, job_id: str) -> list[Transition]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("job_transitions"), {"id": job_id}).fetchall()
+        rows = self._all("job_transitions", {"id": job_id})
         return [Transition.from_row(r) for r in rows]
 
     def list_jobs(
@@ -198,52 +206,45 @@ class Store:
         limit: int = 50,
     ) -> list[Job]:
         args = {"state": state, "kind": kind, "provider": provider, "limit": limit}
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("list_jobs"), args).fetchall()
+        rows = self._all("list_jobs", args)
         return [Job.from_row(r) for r in rows]
 
     def count_by_state(self) -> dict[str, int]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("count_by_state")).fetchall()
+        rows = self._all("count_by_state")
         return {r["state"]: int(r["n"]) for r in rows}
 
     # -- moving jobs -----------------------------------------------------------------------
 
     def claim(self, job_id: str, owner: str, lease_s: float) -> Row | None:
         args = {"id": job_id, "owner": owner, "lease_s": lease_s}
-        return self.retrying(lambda conn: conn.execute(q("claim_job"), args).fetchone())
+        return self._one("claim_job", args)
 
     def lease_for_lookup(self, job_id: str, owner: str, lease_s: float) -> Row | None:
         args = {"id": job_id, "owner": owner, "lease_s": lease_s}
-        with self.pool.connection() as conn:
-            return conn.execute(q("lease_for_lookup"), args).fetchone()
+        return self._one("lease_for_lookup", args)
 
     def settle(self, args: dict[str, Any]) -> Job | None:
         args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
-        row = self.retrying(lambda conn: conn.execute(q("settle_job"), args).fetchone())
+        row = self._one("settle_job", args)
         return Job.from_row(row) if row else None
 
     def release_lease(self, job_id: str, owner: str, delay_s: float) -> Job | None:
         args = {"id": job_id, "owner": owner, "delay_s": delay_s}
-        with self.pool.connection() as conn:
-            row = conn.execute(q("release_lease"), args).fetchone()
+        row = self._one("release_lease", args)
         return Job.from_row(row) if row else None
 
     def expire_leases(self, owner: str, limit: int) -> list[str]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("expire_leases"), {"owner": owner, "limit": limit}).fetchall()
+        rows = self._all("expire_leases", {"owner": owner, "limit": limit})
         return [str(r["id"]) for r in rows]
 
     def due_for_dispatch(self, grace_s: float, limit: int) -> list[str]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("due_for_dispatch"), {"grace_s": grace_s, "limit": limit})
-            return [str(r["id"]) for r in rows.fetchall()]
+        rows = self._all("due_for_dispatch", {"grace_s": grace_s, "limit": limit})
+        return [str(r["id"]) for r in rows]
 
     # -- maintenance -----------------------------------------------------------------------
 
     def _count(self, name: str, args: dict[str, Any] | None = None) -> int:
-        with self.pool.connection() as conn:
-            row = conn.execute(q(name), args or {}).fetchone()
+        row = self._one(name, args)
         return int(row["n"]) if row else 0
 
     def count_expired_leases(self) -> int:
@@ -259,14 +260,10 @@ class Store:
         return self._count("count_old_webhook_events", {"days": days})
 
     def delete_old_webhook_events(self, days: int, limit: int) -> int:
-        with self.pool.connection() as conn:
-            cur = conn.execute(q("delete_old_webhook_events"), {"days": days, "limit": limit})
-            return cur.rowcount
+        return self._rowcount("delete_old_webhook_events", {"days": days, "limit": limit})
 
     def delete_old_attempts(self, days: int, limit: int) -> int:
-        with self.pool.connection() as conn:
-            cur = conn.execute(q("delete_old_attempts"), {"days": days, "limit": limit})
-            return cur.rowcount
+        return self._rowcount("delete_old_attempts", {"days": days, "limit": limit})
 
     # -- refunds (inside orch.refund()'s transaction) --------------------------------------
 
