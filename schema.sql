@@ -7,7 +7,7 @@
 --   * states and kinds are closed sets                (enums job_state, job_kind, attempt_outcome)
 --   * a state change follows the state machine        (jobs_check_transition trigger)
 --   * every state change is recorded with who and why (job_transitions, same trigger)
---   * amounts, currencies and keys have Stripe's shape (CHECK constraints)
+--   * amounts, currencies and keys have Stripe's shape (domains)
 --   * refunds never exceed their charge               (jobs_refunds_within_amount, below)
 
 -- gen_random_uuid() is built in from PostgreSQL 13; only older servers need pgcrypto for it
@@ -47,23 +47,71 @@ DO $$ BEGIN
     );
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
+-- Column shapes as domains. PostgreSQL re-reads a table's CHECK constraints for every INSERT
+-- and UPDATE statement and re-checks them all on every updated row, changed columns or not; a
+-- domain's check is read once per connection and runs only where a value is written. So a
+-- column's own shape is a domain, and the table keeps only CHECKs relating several columns.
+DO $$ BEGIN
+    CREATE DOMAIN provider_name AS text CHECK (VALUE ~ '^[a-z][a-z0-9_]{0,31}$');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    -- Stripe caps idempotency keys at 255 characters.
+    CREATE DOMAIN key_text AS text CHECK (length(VALUE) BETWEEN 1 AND 255);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN sha256_hex AS text CHECK (VALUE ~ '^[0-9a-f]{64}$');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    -- Integer minor units, within Stripe's 8-digit maximum.
+    CREATE DOMAIN minor_units AS bigint CHECK (VALUE BETWEEN 1 AND 99999999);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN currency_code AS text CHECK (VALUE ~ '^[a-z]{3}$');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    -- A provider's object or token id as given (cus_..., pm_...).
+    CREATE DOMAIN provider_token AS text CHECK (length(VALUE) BETWEEN 1 AND 255);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN counter AS integer CHECK (VALUE >= 0);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN attempt_budget AS integer CHECK (VALUE BETWEEN 1 AND 100);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN unknown_cause_word AS text
+        CHECK (VALUE IN ('no_response', 'server_error', 'lease_expired'));
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN error_text AS text CHECK (length(VALUE) <= 2000);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    -- Who changed a job (api, a worker id, cli:<user>...) and why.
+    CREATE DOMAIN actor_text AS text CHECK (length(VALUE) BETWEEN 1 AND 200);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN reason_text AS text CHECK (length(VALUE) BETWEEN 1 AND 500);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE DOMAIN http_status_code AS integer CHECK (VALUE BETWEEN 100 AND 599);
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
 CREATE TABLE IF NOT EXISTS jobs (
     id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     kind              job_kind NOT NULL,
-    provider          text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
+    provider          provider_name NOT NULL,
     state             job_state NOT NULL DEFAULT 'pending',
 
     -- The application's key: one job per key, forever. Stripe caps keys at 255 characters.
-    idempotency_key   text NOT NULL UNIQUE
-                      CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    idempotency_key   key_text NOT NULL UNIQUE,
     -- sha256 (hex) of the canonical request: the same key with another request is a conflict.
-    fingerprint       text NOT NULL CHECK (fingerprint ~ '^[0-9a-f]{64}$'),
+    fingerprint       sha256_hex NOT NULL,
 
-    -- Charges and refunds: integer minor units, within Stripe's 8-digit maximum.
-    amount            bigint CHECK (amount BETWEEN 1 AND 99999999),
-    currency          text CHECK (currency ~ '^[a-z]{3}$'),
-    customer          text CHECK (length(customer) BETWEEN 1 AND 255),
-    payment_method    text CHECK (length(payment_method) BETWEEN 1 AND 255),
+    -- Charges and refunds: the amount in minor units.
+    amount            minor_units,
+    currency          currency_code,
+    customer          provider_token,
+    payment_method    provider_token,
     -- A refund points at the charge it refunds.
     parent_job_id     uuid REFERENCES jobs (id),
     -- Everything else the provider call needs (metadata, email fields), as given.
@@ -71,9 +119,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 
     -- The provider idempotency key is derived from (id, key_generation). The generation moves
     -- on only when the earlier attempt is proven absent at the provider.
-    key_generation    integer NOT NULL DEFAULT 0 CHECK (key_generation >= 0),
-    attempts          integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    max_attempts      integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 100),
+    key_generation    counter NOT NULL DEFAULT 0,
+    attempts          counter NOT NULL DEFAULT 0,
+    max_attempts      attempt_budget NOT NULL,
     next_attempt_at   timestamptz NOT NULL DEFAULT now(),
     -- Created + retry horizon: no attempt is scheduled past it (inside key retention).
     deadline_at       timestamptz NOT NULL,
@@ -82,7 +130,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_expires_at  timestamptz,
     -- Why an `unknown` job is unknown: no_response (a same-key resend is safe),
     -- server_error (the key replays the error: only a lookup settles it), lease_expired.
-    unknown_cause     text CHECK (unknown_cause IN ('no_response', 'server_error', 'lease_expired')),
+    unknown_cause     unknown_cause_word,
     last_attempt_at   timestamptz,
     -- When a message for this job was last handed to the broker (the sweep's resend guard).
     dispatched_at     timestamptz,
@@ -90,12 +138,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     provider_ref      text,          -- the provider's object id (pi_..., re_..., message id)
     provider_status   text,          -- the provider's own status word for that object
     last_error_code   text,
-    last_error        text CHECK (length(last_error) <= 2000),
+    last_error        error_text,
     dead_reason       text,
 
     -- Who made the latest state change and why; copied to job_transitions by the trigger.
-    changed_by        text NOT NULL CHECK (length(changed_by) BETWEEN 1 AND 200),
-    change_reason     text NOT NULL CHECK (length(change_reason) BETWEEN 1 AND 500),
+    changed_by        actor_text NOT NULL,
+    change_reason     reason_text NOT NULL,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
 
@@ -128,16 +176,16 @@ CREATE TABLE IF NOT EXISTS job_attempts (
     id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id               uuid NOT NULL REFERENCES jobs (id),
     attempt              integer NOT NULL CHECK (attempt >= 1),
-    key_generation       integer NOT NULL CHECK (key_generation >= 0),
-    provider_key         text CHECK (length(provider_key) <= 255),  -- idempotency key sent
+    key_generation       counter NOT NULL,
+    provider_key         key_text,  -- the idempotency key sent
     worker               text NOT NULL,
     outcome              attempt_outcome NOT NULL,
     error_class          text,      -- e.g. CardError, APIConnectionError
     error_code           text,      -- e.g. card_declined, rate_limit, read_timeout
-    http_status          integer CHECK (http_status BETWEEN 100 AND 599),
+    http_status          http_status_code,
     provider_request_id  text,      -- Stripe's Request-Id, for support tickets
     provider_ref         text,
-    duration_ms          integer NOT NULL CHECK (duration_ms >= 0),
+    duration_ms          counter NOT NULL,
     started_at           timestamptz NOT NULL,
     finished_at          timestamptz NOT NULL DEFAULT now(),
     -- A job's attempt numbers never repeat: two workers can't both record attempt 3.
@@ -213,7 +261,7 @@ EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 CREATE TABLE IF NOT EXISTS webhook_events (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    provider        text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
+    provider        provider_name NOT NULL,
     event_id        text NOT NULL CHECK (length(event_id) BETWEEN 1 AND 255),  -- evt_...
     type            text NOT NULL CHECK (length(type) BETWEEN 1 AND 255),
     object_id       text CHECK (length(object_id) <= 255),   -- data.object.id (pi_..., ch_...)
@@ -221,7 +269,7 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     status          webhook_status NOT NULL DEFAULT 'received',
     attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     note            text CHECK (length(note) <= 500),        -- what processing did, and why
-    last_error      text CHECK (length(last_error) <= 2000),
+    last_error      error_text,
     -- The verified body as received. Never logged: it may hold customer data.
     payload         jsonb NOT NULL,
     received_at     timestamptz NOT NULL DEFAULT now(),

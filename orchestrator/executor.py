@@ -285,6 +285,10 @@ class Executor:
         self.rng = rng or random.Random()
         self.breaker = breaker or SharedBreaker.from_settings(settings)
         self._host = f"{socket.gethostname()}:{os.getpid()}"
+        # Claims of these providers' jobs may commit asynchronously (Store.claim).
+        self.keyed_providers = tuple(
+            name for name, p in providers.items() if p.honours_idempotency_keys
+        )
 
     def _owner(self) -> str:
         return f"worker:{self._host}:{uuid.uuid4().hex[:8]}"
@@ -296,7 +300,7 @@ class Executor:
         comes first: one statement, instead of reading the job and then claiming it.
         """
         owner = self._owner()
-        row = self.store.claim(job_id, owner, self.settings.lease_s)
+        row = self.store.claim(job_id, owner, self.settings.lease_s, self.keyed_providers)
         if row is not None:
             return self._attempt_claimed(row, owner)
         job = self.store.job(job_id)
@@ -312,7 +316,7 @@ class Executor:
 
     def attempt(self, job_id: str) -> JobState | None:
         owner = self._owner()
-        row = self.store.claim(job_id, owner, self.settings.lease_s)
+        row = self.store.claim(job_id, owner, self.settings.lease_s, self.keyed_providers)
         if row is None:
             log.debug("job.claim_lost", job_id=job_id)
             return None

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, LiteralString, TypeVar, cast
+from typing import Any, LiteralString, NamedTuple, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import ConfigError
 from orchestrator.logs import get_logger
-from orchestrator.models import Attempt, Job, Transition
+from orchestrator.models import Attempt, Job, JobState, Transition
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 QUERIES_PATH = Path(__file__).resolve().parent / "sql" / "queries.sql"
@@ -115,6 +115,13 @@ def migrate(url: str) -> None:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_ID,))
 
 
+class Settled(NamedTuple):
+    """What a settle left: the job's new state and its latest error code."""
+
+    state: JobState
+    last_error_code: str | None
+
+
 class Store:
     """The named queries over a pool; each method is one statement (one round trip)."""
 
@@ -171,13 +178,18 @@ class Store:
     # -- inserting -------------------------------------------------------------------------
 
     def insert_job(self, conn: Conn, params: dict[str, Any]) -> Job | None:
-        row = conn.execute(
-            q("insert_job"), {**params, "params": Jsonb(params["params"])}
-        ).fetchone()
+        """``conn`` may be the application's own connection (``charge(conn=...)``), whatever
+        its row factory: the statements it is given here read rows as dicts."""
+        row = (
+            conn.cursor(row_factory=dict_row)
+            .execute(q("insert_job"), {**params, "params": Jsonb(params["params"])})
+            .fetchone()
+        )
         return Job.from_row(row) if row else None
 
     def job_by_key(self, conn: Conn, key: str) -> Job | None:
-        row = conn.execute(q("job_by_key"), {"idempotency_key": key}).fetchone()
+        cursor = conn.cursor(row_factory=dict_row)
+        row = cursor.execute(q("job_by_key"), {"idempotency_key": key}).fetchone()
         return Job.from_row(row) if row else None
 
     def notify_dispatch(self, conn: Conn, job_id: str) -> None:
@@ -215,18 +227,29 @@ class Store:
 
     # -- moving jobs -----------------------------------------------------------------------
 
-    def claim(self, job_id: str, owner: str, lease_s: float) -> Row | None:
-        args = {"id": job_id, "owner": owner, "lease_s": lease_s}
+    def claim(
+        self, job_id: str, owner: str, lease_s: float, keyed_providers: Sequence[str] = ()
+    ) -> Row | None:
+        """Claim a due job; for ``keyed_providers`` (they honour idempotency keys) the claim
+        commits without waiting for the WAL flush (queries.sql, claim_job, says why)."""
+        args = {
+            "id": job_id,
+            "owner": owner,
+            "lease_s": lease_s,
+            "keyed_providers": list(keyed_providers),
+        }
         return self._one("claim_job", args)
 
     def lease_for_lookup(self, job_id: str, owner: str, lease_s: float) -> Row | None:
         args = {"id": job_id, "owner": owner, "lease_s": lease_s}
         return self._one("lease_for_lookup", args)
 
-    def settle(self, args: dict[str, Any]) -> Job | None:
+    def settle(self, args: dict[str, Any]) -> Settled | None:
+        """Move a job held under ``args["lease_owner"]`` on (queries.sql, settle_job); None
+        when the lease was lost meanwhile."""
         args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
         row = self._one("settle_job", args)
-        return Job.from_row(row) if row else None
+        return Settled(JobState(row["state"]), row["last_error_code"]) if row else None
 
     def release_lease(self, job_id: str, owner: str, delay_s: float) -> Job | None:
         args = {"id": job_id, "owner": owner, "delay_s": delay_s}

@@ -28,18 +28,28 @@ SELECT pg_notify('orchestrator_dispatch', %(id)s::text);
 -- name: claim_job
 -- Compare-and-set claim: only a due, unclaimed job with attempts left; the lease bounds how
 -- long a dead worker can hold it.
+--
+-- For a provider that honours idempotency keys (%(keyed_providers)s) the claim commits
+-- asynchronously, as settle_job does: if a crash of PostgreSQL loses it, the job is back as it
+-- was, with the same key generation, so whatever the worker sent meanwhile is replayed by the
+-- provider under the same key rather than executed again. A provider without keys (a send)
+-- keeps the synchronous commit: there a lost claim could let the same send out twice.
+-- (CASE, unlike OR, fixes the order: set_config runs only for a keyed provider.)
 UPDATE jobs
 SET state = 'running',
     attempts = attempts + 1,
     lease_owner = %(owner)s,
     lease_expires_at = now() + make_interval(secs => %(lease_s)s),
     last_attempt_at = now(),
-    changed_by = %(owner)s,
+    changed_by = %(owner)s::text,
     change_reason = 'claimed for attempt ' || (attempts + 1)
 WHERE id = %(id)s
   AND state IN ('pending', 'retrying')
   AND next_attempt_at <= now()
   AND attempts < max_attempts
+  AND CASE WHEN provider = ANY(%(keyed_providers)s::text[])
+           THEN set_config('synchronous_commit', 'off', true) = 'off'
+           ELSE true END
 RETURNING *, now() AS db_now;
 
 -- name: lease_for_lookup
@@ -78,6 +88,9 @@ attempt AS (
            %(http_status)s::integer, %(provider_request_id)s, %(provider_ref)s,
            %(duration_ms)s::integer, %(started_at)s::timestamptz
     WHERE %(attempt)s::integer IS NOT NULL
+    -- Only after a crash of PostgreSQL lost an asynchronous claim (claim_job) can an attempt
+    -- number come twice: both were calls under the same key, and the first record stands.
+    ON CONFLICT (job_id, attempt) DO NOTHING
 )
 UPDATE jobs
 SET state = %(to_state)s,
@@ -96,13 +109,13 @@ SET state = %(to_state)s,
     last_error = COALESCE(%(error)s, last_error),
     unknown_cause = %(unknown_cause)s,
     dead_reason = %(dead_reason)s,
-    changed_by = %(owner)s,
+    changed_by = %(owner)s::text,
     change_reason = %(reason)s
 WHERE id = %(id)s
   AND state = %(from_state)s
   AND lease_owner IS NOT DISTINCT FROM %(lease_owner)s
   AND (SELECT setting FROM async_commit) = 'off'
-RETURNING *;
+RETURNING state, last_error_code;
 
 -- name: release_lease
 -- Give a leased unknown/processing job back, to be looked at again after `delay_s`.
@@ -123,7 +136,7 @@ SET state = 'unknown',
     lease_owner = NULL,
     lease_expires_at = NULL,
     next_attempt_at = now(),
-    changed_by = %(owner)s,
+    changed_by = %(owner)s::text,
     change_reason = 'lease expired (worker died or hung)'
 WHERE id IN (
     SELECT id FROM jobs
