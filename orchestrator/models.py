@@ -46,12 +46,20 @@ class AttemptOutcome(enum.StrEnum):
     AMBIGUOUS = "ambiguous"
 
 
+_FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return names
+
+
 def _from_row(cls: type[Any], row: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in row.items() if k in names}
-    for key, value in values.items():
-        if isinstance(value, uuid.UUID):
-            values[key] = str(value)
+    """``cls`` from a row: its own columns only, UUIDs as strings."""
+    names = _field_names(cls)
+    values = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in row.items() if k in names}
     return cls(**values)
 
 
