@@ -9,6 +9,10 @@ from the environment, set by the benchmark: ``REDIS_URL``, ``BENCH_REDIS_NAMESPA
   key), nothing persisted, no retry policy, no lookup.
 * ``bench_noop``: no work at all; the cost of dramatiq itself.
 
+``BENCH_NAIVE_HTTP=orchestrator`` gives the naive actor the HTTP client the orchestrator
+builds (:func:`orchestrator.providers.stripe.http_client_for`) instead of the SDK's default,
+so that the comparison measures durability alone.
+
 Both count completions with ``INCR <namespace>:bench:done``, which the benchmark polls.
 """
 
@@ -23,12 +27,14 @@ from dramatiq.brokers.redis import RedisBroker
 
 from orchestrator.benchmarks.charges import (
     NAIVE_ACTOR,
+    NAIVE_HTTP_ENV,
     NAMESPACE_ENV,
     NOOP_ACTOR,
     QUEUE_ENV,
     done_key,
 )
 from orchestrator.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE
+from orchestrator.providers.stripe import http_client_for
 
 # The orchestrator's default provider timeouts (Settings), so both sides wait alike.
 CONNECT_TIMEOUT_S = 3.0
@@ -48,10 +54,15 @@ dramatiq.set_broker(broker)
 
 _redis = redis.Redis.from_url(_redis_url)
 _done_key = done_key(_namespace)
+_api_base = os.environ["STRIPE_API_BASE"]
 _stripe = stripe.StripeClient(
     os.environ["STRIPE_API_KEY"],
-    base_addresses={"api": os.environ["STRIPE_API_BASE"]},
-    http_client=stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)),
+    base_addresses={"api": _api_base},
+    http_client=(
+        http_client_for(_api_base, CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        if os.environ.get(NAIVE_HTTP_ENV) == "orchestrator"
+        else stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+    ),
     max_network_retries=0,
 )
 

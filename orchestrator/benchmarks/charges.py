@@ -46,6 +46,7 @@ from orchestrator.simulator import SimulatorControl
 # The contract with baseline_actors (which imports these; this module never imports it).
 NAMESPACE_ENV = "BENCH_REDIS_NAMESPACE"
 QUEUE_ENV = "BENCH_QUEUE"
+NAIVE_HTTP_ENV = "BENCH_NAIVE_HTTP"  # "sdk" or "orchestrator" (--naive-http)
 NAIVE_ACTOR = "bench_naive_charge"
 NOOP_ACTOR = "bench_noop"
 BASELINE_QUEUE = "bench"
@@ -99,6 +100,7 @@ class Config:
     scenarios: tuple[Scenario, ...]
     shape: WorkerShape
     producers: int  # driver threads enqueueing at once
+    naive_http: str  # the naive actor's HTTP client: "sdk" (its default) or "orchestrator"
     server_url: str  # PostgreSQL server: the bench database is created there
     redis_url: str
 
@@ -149,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         scenarios=(Scenario(0.0, charges), Scenario(SLOW_LATENCY_MS, max(1, charges // 2))),
         shape=WorkerShape(args.processes, args.threads),
         producers=args.producers,
+        naive_http=args.naive_http,
         server_url=args.database_url,
         redis_url=args.redis_url,
     )
@@ -252,7 +255,13 @@ def _driver(
         return
     actor = NAIVE_ACTOR if variant is Variant.NAIVE else NOOP_ACTOR
     with _baseline_driver(env, namespace, actor) as driver:
-        worker_env.update({NAMESPACE_ENV: namespace, QUEUE_ENV: BASELINE_QUEUE})
+        worker_env.update(
+            {
+                NAMESPACE_ENV: namespace,
+                QUEUE_ENV: BASELINE_QUEUE,
+                NAIVE_HTTP_ENV: env.config.naive_http,
+            }
+        )
         yield driver, BASELINE_MODULE, worker_env
 
 
@@ -378,7 +387,8 @@ def _header(config: Config) -> str:
     return (
         f"== charges end to end ({runs}); workers: {config.shape.processes} processes x "
         f"{config.shape.threads} threads per variant; {config.producers} enqueueing "
-        "thread(s); simulator in its own process; no call rate limit"
+        "thread(s); simulator in its own process; no call rate limit; naive HTTP client: "
+        f"{config.naive_http}"
     )
 
 

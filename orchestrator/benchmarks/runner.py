@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="threads enqueueing at once (1: one caller, as fast as it can)",
     )
+    parser.add_argument(
+        "--naive-http",
+        choices=("sdk", "orchestrator"),
+        default="sdk",
+        help="the naive baseline's HTTP client: the stripe SDK's default (sdk), or the one "
+        "the orchestrator builds (orchestrator), to compare durability alone",
+    )
     parser.add_argument("--processes", type=_positive_int, default=2, help="worker processes")
     parser.add_argument("--threads", type=_positive_int, default=8, help="threads per process")
     parser.add_argument(

@@ -7,8 +7,10 @@ timeouts; the SDK's own retries stay off (they would invent a random key per cal
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import stripe
@@ -32,6 +34,34 @@ _REFUND_RANK = {"succeeded": 0, "pending": 1, "requires_action": 1}
 REFUND_LIST_PAGE = 100
 
 
+def http_client_for(
+    api_base: str, connect_timeout_s: float, read_timeout_s: float
+) -> stripe.RequestsClient:
+    """The SDK's requests client, reading the proxy environment once instead of per call.
+
+    A requests session that trusts the environment re-reads every environment variable
+    (proxies, ``NO_PROXY``) and looks for ``~/.netrc`` on each request: a large share of a
+    worker's CPU. Here the proxy for ``api_base`` (``HTTPS_PROXY`` and ``NO_PROXY`` as set when
+    the process started) is resolved once and passed to the SDK, and each thread's session
+    ignores the environment: no netrc credentials can replace the API key's header either.
+    """
+    found = requests.utils.get_environ_proxies(api_base)
+    proxy = found.get(urlsplit(api_base).scheme) or found.get("all")
+    client = stripe.RequestsClient(timeout=(connect_timeout_s, read_timeout_s), proxy=proxy)
+    # The SDK keeps one session per thread in this attribute, created on first use.
+    client._thread_local = _SessionPerThread()
+    return client
+
+
+class _SessionPerThread(threading.local):
+    """Each thread's requests session, created when the thread first calls, without
+    environment lookups."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+
 class StripeProvider:
     """Charges (and refunds) through ``stripe.StripeClient``; safe to share between threads."""
 
@@ -46,7 +76,7 @@ class StripeProvider:
         connect_timeout_s: float,
         read_timeout_s: float,
     ) -> None:
-        http_client = stripe.RequestsClient(timeout=(connect_timeout_s, read_timeout_s))
+        http_client = http_client_for(api_base, connect_timeout_s, read_timeout_s)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base},
