@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +60,9 @@ REDIS_RETRY_INTERVAL_S = 1.0
 # taken over while it is still running; a dead prober's lease lapses after it.
 PROBE_LEASE_MARGIN_S = 5.0
 ALLOWED = frozenset({"allow", "probe"})
+# Successes of ordinary calls are sent at most this often (s), each time all that gathered.
+# Any other outcome sends them at once, ahead of itself (SharedBreaker).
+SUCCESS_BATCH_S = 0.02
 
 
 class Signal(enum.StrEnum):
@@ -167,6 +170,10 @@ class Permit:
         }.get(self.verdict, self.verdict)
 
 
+# A finished call as reported to the breaker: its permit, what it showed, a 429's Retry-After.
+RecordedCall = tuple[Permit, Signal, float | None]
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerStatus:
     provider: str
@@ -259,8 +266,41 @@ class RedisBreaker:
         return Permit(provider, str(verdict), int(wait_ms) / 1000, str(state), token)
 
     def record(self, permit: Permit, signal: Signal, retry_after_s: float | None = None) -> str:
+        return self.record_many([(permit, signal, retry_after_s)])[-1]
+
+    def record_many(self, calls: Sequence[RecordedCall]) -> list[str]:
+        """Report finished calls in order, in one round trip (a pipeline of record scripts);
+        the breaker's state after each."""
+        try:
+            replies = self._record_pipeline(calls)
+        except redis.exceptions.NoScriptError:  # Redis restarted: every call failed alike
+            self._record.sha = self.client.script_load(self._record.script)
+            replies = self._record_pipeline(calls)
+        states = []
+        for (permit, _, _), (state, changed, *why) in zip(calls, replies, strict=True):
+            if int(changed):
+                log.warning(
+                    "breaker.state_changed", provider=permit.provider, state=str(state), why=why
+                )
+            states.append(str(state))
+        return states
+
+    def _record_pipeline(self, calls: Sequence[RecordedCall]) -> list[Any]:
+        # EVALSHA itself: a pipeline given Script objects first asks SCRIPT EXISTS (one more
+        # round trip per batch).
+        pipe = self.client.pipeline(transaction=False)
+        for permit, signal, retry_after_s in calls:
+            keys = self._keys(permit.provider)
+            args = self._record_args(permit, signal, retry_after_s)
+            pipe.evalsha(self._record.sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute()
+        return replies
+
+    def _record_args(
+        self, permit: Permit, signal: Signal, retry_after_s: float | None
+    ) -> list[str | int | float]:
         cfg = self.config
-        args: list[str | int | float] = [
+        return [
             self._now(),
             str(signal),
             permit.token if permit.verdict == "probe" else "",
@@ -273,12 +313,6 @@ class RedisBreaker:
             cfg.cooldown_max_ms,
             cfg.pause_ms(retry_after_s),
         ]
-        state, changed, *why = self._record(keys=list(self._keys(permit.provider)), args=args)
-        if int(changed):
-            log.warning(
-                "breaker.state_changed", provider=permit.provider, state=str(state), why=why
-            )
-        return str(state)
 
     def override(self, provider: str, action: str, actor: str, reason: str) -> str:
         """``open`` (held open until closed) or ``close``, recorded with who, why and when."""
@@ -510,6 +544,13 @@ class SharedBreaker:
     Redis errors are translated here and nowhere else: any ``redis.RedisError`` switches
     this process to its :class:`LocalBreaker` (logged once per outage), and Redis is tried
     again every :data:`REDIS_RETRY_INTERVAL_S`.
+
+    A success of an ordinary (not probe) call, nearly every call, is recorded off the
+    caller's path: a background thread sends the successes gathered over
+    :data:`SUCCESS_BATCH_S` in one round trip. Every other outcome is recorded before
+    ``record`` returns, together with the successes still waiting, so this process's calls
+    reach Redis in the order they ended and a failure never counts as consecutive across an
+    earlier success. ``status`` and ``flush`` send what is waiting first.
     """
 
     def __init__(
@@ -524,6 +565,11 @@ class SharedBreaker:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._down_until: float | None = None  # None: Redis is in use
+        # Successes waiting for the recorder thread; drained only under _send_lock.
+        self._waiting: deque[RecordedCall] = deque()
+        self._waiting_ready = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._recorder: threading.Thread | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedBreaker:
@@ -580,13 +626,54 @@ class SharedBreaker:
         if permit.backend == "local":
             self.local.record(permit, signal, retry_after_s)
             return
-        try:
-            self.shared.record(permit, signal, retry_after_s)
-        except redis.RedisError as exc:
-            self._failed(exc)
-            self.local.record(permit, signal, retry_after_s)
+        if signal is Signal.SUCCESS and permit.verdict == "allow":
+            with self._waiting_ready:
+                self._waiting.append((permit, signal, retry_after_s))
+                self._waiting_ready.notify()
+            self._start_recorder()
+            return
+        self._send_waiting([(permit, signal, retry_after_s)])
+
+    def flush(self) -> None:
+        """Record the successes still waiting for the recorder thread, now."""
+        self._send_waiting([])
+
+    def _send_waiting(self, then: list[RecordedCall]) -> None:
+        with self._send_lock:
+            with self._waiting_ready:
+                calls = [*self._waiting, *then]
+                self._waiting.clear()
+            if not calls:
+                return
+            try:
+                self.shared.record_many(calls)
+            except redis.RedisError as exc:
+                self._failed(exc)
+                for permit, signal, retry_after_s in calls:
+                    self.local.record(permit, signal, retry_after_s)
+
+    def _start_recorder(self) -> None:
+        if self._recorder is not None and self._recorder.is_alive():
+            return
+        with self._lock:
+            if self._recorder is None or not self._recorder.is_alive():
+                self._recorder = threading.Thread(
+                    target=self._record_forever, name="breaker-recorder", daemon=True
+                )
+                self._recorder.start()
+
+    def _record_forever(self) -> None:
+        while True:
+            with self._waiting_ready:
+                self._waiting_ready.wait_for(lambda: bool(self._waiting))
+            time.sleep(SUCCESS_BATCH_S)  # let a batch gather: one round trip for all of it
+            try:
+                self._send_waiting([])
+            except Exception as exc:  # never let the recorder die: log and go on
+                log.error("breaker.record_failed", error=type(exc).__name__)
 
     def status(self, provider: str) -> BreakerStatus:
+        self.flush()
         if self._use_redis():
             try:
                 return self.shared.status(provider)

@@ -270,3 +270,33 @@ def test_unreachable_redis_falls_back_to_a_local_breaker_and_logs_once() -> None
     assert "breaker.redis_restored" in [e["event"] for e in logs]
     assert live.status("stripe").state == "open"  # rebuilt from what this process saw
     live.client.delete(*live.client.scan_iter(match=f"{live_ns}*"))
+
+
+def test_successes_are_recorded_in_the_background_and_in_order() -> None:
+    """An ordinary success is sent by the recorder thread, off the caller's path, yet before
+    any later outcome of the same process: failure, failure, success, failure leaves the
+    breaker closed with one consecutive failure (three would trip it), and status() counts
+    every call. Successes nobody asks about reach Redis by themselves."""
+    from orchestrator.breaker import SharedBreaker
+    from tests.conftest import wait_until
+
+    clock = Clock()
+    namespace = f"rules-{uuid.uuid4().hex[:8]}"
+    live = RedisBreaker(redis_client(TEST_REDIS_URL, 1.0), CONFIG, namespace, now_ms=clock)
+    shared = SharedBreaker(live, LocalBreaker(CONFIG, now_ms=clock))
+    try:
+        for signal in [Signal.FAILURE, Signal.FAILURE, Signal.SUCCESS, Signal.FAILURE]:
+            shared.record(shared.acquire("stripe"), signal)
+        status = shared.status("stripe")
+        assert (status.state, status.consecutive_failures, status.window_calls) == (
+            "closed",
+            1,
+            4,
+        )
+        for _ in range(5):
+            shared.record(shared.acquire("stripe"), Signal.SUCCESS)
+        wait_until(lambda: live.status("stripe").window_calls == 9, timeout_s=5)
+        assert live.status("stripe").consecutive_failures == 0
+    finally:
+        live.client.delete(*live.client.scan_iter(match=f"{namespace}*"))
+        live.client.close()
