@@ -18,7 +18,8 @@ and optionally a preview ``(orchestrator) -> int`` for ``--dry-run``:
 ``run()`` waits for the lock (a second clock waits here and takes over when the first dies,
 since PostgreSQL releases a session's advisory locks with its connection), listens for
 ``orchestrator_dispatch`` notifications (sent at commit by jobs enqueued inside a caller's
-transaction) and runs a pass every interval.
+transaction) and runs a pass every interval. A lost connection (the server restarted) loses
+the lock too: the clock goes back to waiting for it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import psycopg
 
 from orchestrator import webhooks
 from orchestrator.api import Orchestrator
@@ -156,7 +159,20 @@ class Clock:
         return PassReport(counts, dry_run)
 
     def run(self, stop: threading.Event) -> None:
-        """Wait for the lock, then act until ``stop`` is set (or the lock's connection dies)."""
+        """Wait for the lock, then act until ``stop`` is set.
+
+        When the lock's connection dies (a restart or crash of PostgreSQL, a network cut) the
+        lock went with it: another clock may hold it by now. This one logs, waits an interval
+        and starts over from waiting for the lock.
+        """
+        while not stop.is_set():
+            try:
+                self._hold_lock_and_act(stop)
+            except psycopg.OperationalError as exc:
+                log.warning("clock.connection_lost", owner=self.owner, error=type(exc).__name__)
+                stop.wait(self.orch.settings.clock_interval_s)
+
+    def _hold_lock_and_act(self, stop: threading.Event) -> None:
         with connect(self.orch.settings.database_url, autocommit=True) as conn:
             log.info("clock.waiting_for_lock", owner=self.owner)
             while not stop.is_set():

@@ -170,6 +170,27 @@ def test_two_clocks_one_acts_the_other_takes_over(fast_orch: Any, tmp_path: Path
             wait_for_log(c2, "clock.lock_acquired", timeout_s=15)
 
 
+def test_clock_survives_losing_its_connection(fast_orch: Any, tmp_path: Path) -> None:
+    """Every connection of the clock process terminated (as in a restart of PostgreSQL): the
+    clock logs it, waits for the lock again, takes it, and goes on dispatching."""
+    env = settings_env(fast_orch.settings, ORCHESTRATOR_LOG_FORMAT="json")
+    with spawn(clock_args(), env, tmp_path / "clock.log") as clock:
+        wait_for_log(clock, "clock.lock_acquired")
+        assert _terminate_backends(fast_orch.settings.database_url) > 0
+        wait_for_log(clock, "clock.connection_lost", timeout_s=15)
+        wait_until(lambda: clock.log().count("clock.lock_acquired") == 2, timeout_s=15)
+        assert clock.popen.poll() is None
+        # Still listening: a job enqueued in a caller's transaction gets its message from it.
+        settings = fast_orch.settings
+        messages = f"{settings.redis_namespace}:{settings.queue_name}.msgs"
+        client = redis.Redis.from_url(settings.redis_url)
+        assert client.hlen(messages) == 0
+        with psycopg.connect(settings.database_url) as conn:
+            fast_orch.charge(100, "usd", None, "pm_card_visa", "clock-back", conn=conn)
+        wait_until(lambda: client.hlen(messages) == 1, timeout_s=15)
+        client.close()
+
+
 def test_dry_run_counts_without_acting(fast_orch: Any) -> None:
     """`reconcile --once --dry-run` reports an expired lease and leaves the job running."""
     job = fast_orch.charge(100, "usd", None, "pm_card_visa", "dry-run-1")
