@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,9 @@ ADMIN_URL = os.environ.get("CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.
 REDIS_URL = os.environ.get("CHAOS_REDIS_URL", "redis://127.0.0.1:6379/14")
 STRIPE_KEY = "sk_test_chaosSuiteKey"
 SETTLE_TIMEOUT_S = 300
+# A shell command that crashes PostgreSQL and starts it again, for the pgcrash scenario, e.g.
+# "pg_ctlcluster 15 main stop -m immediate && pg_ctlcluster 15 main start".
+CRASH_ENV = "CHAOS_PG_CRASH_CMD"
 
 
 def _free_port() -> int:
@@ -122,6 +126,10 @@ class Run:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
 
+class Skipped(Exception):
+    """A scenario that cannot run here; the message says what it needs."""
+
+
 def _wait(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -179,6 +187,19 @@ def pgkill(run: Run, n: int) -> None:
             )
 
 
+def pgcrash(run: Run, n: int) -> None:
+    """Crash PostgreSQL twice mid-run ($CHAOS_PG_CRASH_CMD: an immediate stop, then a start)."""
+    command = os.environ.get(CRASH_ENV)
+    if not command:
+        raise Skipped(f"set {CRASH_ENV} to a shell command that crashes and restarts the server")
+    run.sim.set_faults("stripe", latency_ms=30)
+    run.enqueue(n)
+    for step in (1, 2):
+        _wait(lambda s=step: run.count("succeeded") >= n * s // 3, 120, 0.02)
+        subprocess.run(command, shell=True, check=True)  # noqa: S602  (the operator's command)
+        _wait(lambda: run.count("succeeded") >= 0, 60)
+
+
 def cuts(run: Run, n: int) -> None:
     """15% of connections cut after executing, 10% answered 429."""
     run.sim.set_faults("stripe", rate_cut_after_execute=0.15, rate_429=0.10)
@@ -190,6 +211,7 @@ SCENARIOS: dict[str, Callable[[Run, int], None]] = {
     "flush": flush,
     "saved500": saved500,
     "pgkill": pgkill,
+    "pgcrash": pgcrash,
     "cuts": cuts,
 }
 
@@ -232,7 +254,11 @@ def main() -> int:
         run = Run(name, logs)
         try:
             started = time.monotonic()
-            SCENARIOS[name](run, args.jobs)
+            try:
+                SCENARIOS[name](run, args.jobs)
+            except Skipped as skipped:
+                print(f"  skipped: {skipped}")
+                continue
             _wait(lambda r=run: _finished(r) >= args.jobs, SETTLE_TIMEOUT_S, 0.2)
             all_ok &= check(run, args.jobs, time.monotonic() - started)
         finally:
