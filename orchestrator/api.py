@@ -58,6 +58,8 @@ class Orchestrator:
         return cls(load_settings(**overrides))
 
     def close(self) -> None:
+        """Send the messages still queued (for up to a few seconds), then release the pool."""
+        self.dispatcher.close()
         self.store.close()
 
     def __enter__(self) -> Orchestrator:
@@ -254,10 +256,9 @@ class Orchestrator:
         return existing, False
 
     def _dispatch_new(self, job: Job) -> None:
-        try:
-            self.dispatcher.send(job.id)
-        except Exception as exc:  # the job is committed: the clock's sweep will send it
-            log.warning("job.dispatch_deferred", job_id=job.id, error=type(exc).__name__)
+        # The job is committed: the caller need not wait for Redis. If the message never goes
+        # out, the clock's sweep sends it (Dispatcher.send_soon).
+        self.dispatcher.send_soon(job.id)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -245,3 +245,49 @@ def _db_now(orch: Any) -> Any:
         row = conn.execute("SELECT now()").fetchone()
         assert row is not None
         return row[0]
+
+
+def test_charge_does_not_wait_for_redis(orch: Any, simulator: Any) -> None:
+    """The message goes out from a background thread: with Redis unreachable, charge() still
+    returns at once with the committed job, and the failed send is logged for the clock's
+    sweep to make up."""
+    import time
+
+    from structlog.testing import capture_logs
+
+    from orchestrator.api import Orchestrator
+    from tests.conftest import test_settings
+
+    settings = test_settings(
+        orch.settings.database_url,
+        orch.settings.redis_namespace,
+        simulator.url,
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    with capture_logs() as logs:
+        cut_off = Orchestrator(settings, store=orch.store)
+        started = time.monotonic()
+        job = _charge(cut_off, "no-redis")
+        took_s = time.monotonic() - started
+        cut_off.dispatcher.close()
+    assert took_s < 1.0
+    assert orch.job(job.id).state is JobState.PENDING
+    deferred = [e for e in logs if e["event"] == "job.dispatch_deferred"]
+    assert [e["job_id"] for e in deferred] == [job.id]
+
+
+def test_closing_sends_what_is_queued(orch: Any) -> None:
+    """close() sends the messages still waiting for the background thread before it returns."""
+    import redis as redis_lib
+
+    from orchestrator.api import Orchestrator
+    from orchestrator.broker import make_broker
+
+    settings = orch.settings
+    own = Orchestrator(settings, store=orch.store, broker=make_broker(settings))
+    jobs = [_charge(own, f"flush-{i}") for i in range(20)]
+    own.dispatcher.close()
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    queued = client.hlen(f"{settings.redis_namespace}:{settings.queue_name}.msgs")
+    client.close()
+    assert queued == len(jobs)
