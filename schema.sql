@@ -51,50 +51,35 @@ EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 -- and UPDATE statement and re-checks them all on every updated row, changed columns or not; a
 -- domain's check is read once per connection and runs only where a value is written. So a
 -- column's own shape is a domain, and the table keeps only CHECKs relating several columns.
-DO $$ BEGIN
-    CREATE DOMAIN provider_name AS text CHECK (VALUE ~ '^[a-z][a-z0-9_]{0,31}$');
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    -- Stripe caps idempotency keys at 255 characters.
-    CREATE DOMAIN key_text AS text CHECK (length(VALUE) BETWEEN 1 AND 255);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN sha256_hex AS text CHECK (VALUE ~ '^[0-9a-f]{64}$');
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    -- Integer minor units, within Stripe's 8-digit maximum.
-    CREATE DOMAIN minor_units AS bigint CHECK (VALUE BETWEEN 1 AND 99999999);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN currency_code AS text CHECK (VALUE ~ '^[a-z]{3}$');
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    -- A provider's object or token id as given (cus_..., pm_...).
-    CREATE DOMAIN provider_token AS text CHECK (length(VALUE) BETWEEN 1 AND 255);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN counter AS integer CHECK (VALUE >= 0);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN attempt_budget AS integer CHECK (VALUE BETWEEN 1 AND 100);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN unknown_cause_word AS text
-        CHECK (VALUE IN ('no_response', 'server_error', 'lease_expired'));
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN error_text AS text CHECK (length(VALUE) <= 2000);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    -- Who changed a job (api, a worker id, cli:<user>...) and why.
-    CREATE DOMAIN actor_text AS text CHECK (length(VALUE) BETWEEN 1 AND 200);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN reason_text AS text CHECK (length(VALUE) BETWEEN 1 AND 500);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE DOMAIN http_status_code AS integer CHECK (VALUE BETWEEN 100 AND 599);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$
+DECLARE
+    d text[];
+BEGIN
+    FOREACH d SLICE 1 IN ARRAY ARRAY[
+        ['provider_name', 'text', 'VALUE ~ ''^[a-z][a-z0-9_]{0,31}$'''],
+        -- Stripe caps idempotency keys at 255 characters.
+        ['key_text', 'text', 'length(VALUE) BETWEEN 1 AND 255'],
+        ['sha256_hex', 'text', 'VALUE ~ ''^[0-9a-f]{64}$'''],
+        -- Integer minor units, within Stripe's 8-digit maximum.
+        ['minor_units', 'bigint', 'VALUE BETWEEN 1 AND 99999999'],
+        ['currency_code', 'text', 'VALUE ~ ''^[a-z]{3}$'''],
+        -- A provider's object or token id as given (cus_..., pm_...).
+        ['provider_token', 'text', 'length(VALUE) BETWEEN 1 AND 255'],
+        ['counter', 'integer', 'VALUE >= 0'],
+        ['attempt_budget', 'integer', 'VALUE BETWEEN 1 AND 100'],
+        ['unknown_cause_word', 'text',
+         'VALUE IN (''no_response'', ''server_error'', ''lease_expired'')'],
+        ['error_text', 'text', 'length(VALUE) <= 2000'],
+        -- Who changed a job (api, a worker id, cli:<user>...) and why.
+        ['actor_text', 'text', 'length(VALUE) BETWEEN 1 AND 200'],
+        ['reason_text', 'text', 'length(VALUE) BETWEEN 1 AND 500'],
+        ['http_status_code', 'integer', 'VALUE BETWEEN 100 AND 599']
+    ] LOOP
+        IF to_regtype(d[1]) IS NULL THEN
+            EXECUTE format('CREATE DOMAIN %I AS %s CHECK (%s)', d[1], d[2], d[3]);
+        END IF;
+    END LOOP;
+END $$;
 
 CREATE TABLE IF NOT EXISTS jobs (
     id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
