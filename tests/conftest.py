@@ -127,6 +127,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     if "orch" in request.fixturenames:
         orchestrator = request.getfixturevalue("orch")
         sim = request.getfixturevalue("simulator")
+        orchestrator.dispatcher.flush()  # no message of an earlier test lands in this one
         with psycopg.connect(orchestrator.settings.database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE job_transitions, job_attempts, jobs CASCADE")
         _flush_namespace(orchestrator.settings.redis_namespace)

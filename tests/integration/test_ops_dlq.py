@@ -434,6 +434,7 @@ def test_a_message_dead_lettered_by_dramatiq_shows_up_and_its_job_is_resent(orch
     from orchestrator.deadletters import recent_dead_letters, xq_keys
 
     job = _charge(orch, "xq-1")  # pending, its message queued
+    orch.dispatcher.flush()  # sent from the background thread: wait for it
     broker = orch.broker
     queue = orch.settings.queue_name
     fetched = broker.do_fetch(queue, 10)
