@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import tempfile
 import time
 import uuid
@@ -139,10 +140,17 @@ class Report:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Measure and print (the registry's entry point)."""
+    """Measure and print, ``--repeat`` times over (the registry's entry point)."""
     config = config_from_args(args)
     print(_header(config), flush=True)
-    print(render(measure(config)), flush=True)
+    reports = []
+    for round_ in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            print(f"-- run {round_} of {args.repeat}", flush=True)
+        reports.append(measure(config))
+        print(render(reports[-1]), flush=True)
+    if len(reports) > 1:
+        print(render_summary(reports), flush=True)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -439,6 +447,34 @@ def _ratio_lines(report: Report) -> list[str]:
         f"(target <= {TARGET_ENQUEUE_P99_MS:g} ms: {_verdict(worst <= TARGET_ENQUEUE_P99_MS)})"
     )
     return lines
+
+
+def render_summary(reports: Sequence[Report]) -> str:
+    """Median, lowest and highest of each ratio and of the enqueue p99 over the runs."""
+    first = reports[0]
+    lines = [f"== over {len(reports)} runs: median (lowest-highest)"]
+    for scenario in first.config.scenarios:
+        latency = scenario.latency_ms
+        ratios = [
+            r.result(Variant.ORCHESTRATOR, latency).rate / r.result(Variant.NAIVE, latency).rate
+            for r in reports
+        ]
+        target = TARGET_SHARE_OF_NAIVE.get(latency)
+        verdict = "" if target is None else f"  (target >= {target:.2f})"
+        lines.append(f"{latency:g} ms: orchestrator/naive {_spread(ratios, '.2f')}{verdict}")
+    for scenario in first.config.scenarios:
+        p99s = [
+            r.result(Variant.ORCHESTRATOR, scenario.latency_ms).enqueue_pct_ms(99) for r in reports
+        ]
+        lines.append(
+            f"orch.charge() p99 at {scenario.latency_ms:g} ms: {_spread(p99s, '.2f')} ms  "
+            f"(target <= {TARGET_ENQUEUE_P99_MS:g} ms)"
+        )
+    return "\n".join(lines)
+
+
+def _spread(values: Sequence[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def _verdict(ok: bool) -> str:

@@ -47,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads enqueueing at once (1: one caller, as fast as it can)",
     )
     parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="charges: measure N times over and end with the median ratios (a shared machine "
+        "varies from run to run)",
+    )
+    parser.add_argument(
         "--naive-http",
         choices=("sdk", "orchestrator"),
         default="sdk",

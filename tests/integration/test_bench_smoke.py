@@ -53,3 +53,10 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     assert "orchestrator/naive" in text
     assert "orchestrator/noop" in text
     assert "orch.charge() p99" in text
+    summary = charges.render_summary([report, report])
+    assert summary.startswith("== over 2 runs")
+    ratio = (
+        report.result(charges.Variant.ORCHESTRATOR, 0.0).rate
+        / report.result(charges.Variant.NAIVE, 0.0).rate
+    )
+    assert f"0 ms: orchestrator/naive {ratio:.2f} ({ratio:.2f}-{ratio:.2f})" in summary
