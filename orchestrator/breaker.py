@@ -39,6 +39,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrator.background import Batcher
 from orchestrator.config import Settings, parse_rate_limits
 from orchestrator.logs import get_logger
 from orchestrator.models import AttemptOutcome
@@ -565,11 +566,7 @@ class SharedBreaker:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._down_until: float | None = None  # None: Redis is in use
-        # Successes waiting for the recorder thread; drained only under _send_lock.
-        self._waiting: deque[RecordedCall] = deque()
-        self._waiting_ready = threading.Condition()
-        self._send_lock = threading.Lock()
-        self._recorder: threading.Thread | None = None
+        self._calls = Batcher(self._send, name="breaker-recorder", gather_s=SUCCESS_BATCH_S)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedBreaker:
@@ -627,50 +624,21 @@ class SharedBreaker:
             self.local.record(permit, signal, retry_after_s)
             return
         if signal is Signal.SUCCESS and permit.verdict == "allow":
-            with self._waiting_ready:
-                self._waiting.append((permit, signal, retry_after_s))
-                self._waiting_ready.notify()
-            self._start_recorder()
-            return
-        self._send_waiting([(permit, signal, retry_after_s)])
+            self._calls.put((permit, signal, retry_after_s))
+        else:
+            self._calls.handle_now([(permit, signal, retry_after_s)])
 
     def flush(self) -> None:
         """Record the successes still waiting for the recorder thread, now."""
-        self._send_waiting([])
+        self._calls.handle_now([])
 
-    def _send_waiting(self, then: list[RecordedCall]) -> None:
-        with self._send_lock:
-            with self._waiting_ready:
-                calls = [*self._waiting, *then]
-                self._waiting.clear()
-            if not calls:
-                return
-            try:
-                self.shared.record_many(calls)
-            except redis.RedisError as exc:
-                self._failed(exc)
-                for permit, signal, retry_after_s in calls:
-                    self.local.record(permit, signal, retry_after_s)
-
-    def _start_recorder(self) -> None:
-        if self._recorder is not None and self._recorder.is_alive():
-            return
-        with self._lock:
-            if self._recorder is None or not self._recorder.is_alive():
-                self._recorder = threading.Thread(
-                    target=self._record_forever, name="breaker-recorder", daemon=True
-                )
-                self._recorder.start()
-
-    def _record_forever(self) -> None:
-        while True:
-            with self._waiting_ready:
-                self._waiting_ready.wait_for(lambda: bool(self._waiting))
-            time.sleep(SUCCESS_BATCH_S)  # let a batch gather: one round trip for all of it
-            try:
-                self._send_waiting([])
-            except Exception as exc:  # never let the recorder die: log and go on
-                log.error("breaker.record_failed", error=type(exc).__name__)
+    def _send(self, calls: Sequence[RecordedCall]) -> None:
+        try:
+            self.shared.record_many(calls)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            for permit, signal, retry_after_s in calls:
+                self.local.record(permit, signal, retry_after_s)
 
     def status(self, provider: str) -> BreakerStatus:
         self.flush()

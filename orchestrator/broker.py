@@ -7,14 +7,13 @@ it never imports the ``actors`` package.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from orchestrator.background import Batcher
 from orchestrator.config import Settings
 from orchestrator.logs import get_logger
 
@@ -55,74 +54,27 @@ class Dispatcher:
     def __init__(self, broker: dramatiq.Broker, queue_name: str) -> None:
         self.broker = broker
         self.queue_name = queue_name
-        self._lock = threading.Lock()
-        self._start_background()
-
-    def _start_background(self) -> None:
-        self._pid = os.getpid()
-        self._pending: deque[str] = deque()
-        self._changed = threading.Condition()
-        self._in_flight = 0
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self._soon = Batcher(self._send_each, name="orchestrator-dispatch")
 
     def send_soon(self, job_id: str) -> None:
         """Send ``job_id``'s message from the background thread, as soon as it can."""
-        if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._start_background()
-        with self._changed:
-            closed = self._closed
-            if not closed:
-                self._pending.append(job_id)
-                self._changed.notify_all()
-        if closed:  # no thread to hand it to any more: send it here
-            self._send_or_defer(job_id)
-            return
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._send_forever, name="orchestrator-dispatch", daemon=True
-                    )
-                    self._thread.start()
+        self._soon.put(job_id)
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until every id handed to ``send_soon`` was sent (or given up on); False if
         ``timeout_s`` passed first."""
-        with self._changed:
-            return self._changed.wait_for(
-                lambda: not self._pending and not self._in_flight, timeout=timeout_s
-            )
+        return self._soon.wait_idle(timeout_s)
 
     def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Flush, then stop the background thread."""
-        self.flush(timeout_s)
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
+        """Flush, then stop the background thread (a later ``send_soon`` sends at once)."""
+        self._soon.close(timeout_s)
 
-    def _send_forever(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: bool(self._pending) or self._closed)
-                if not self._pending:
-                    return  # closed, nothing left
-                job_id = self._pending.popleft()
-                self._in_flight += 1
+    def _send_each(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
             try:
-                self._send_or_defer(job_id)
-            finally:
-                with self._changed:
-                    self._in_flight -= 1
-                    self._changed.notify_all()
-
-    def _send_or_defer(self, job_id: str) -> None:
-        try:
-            self.send(job_id)
-        except Exception as exc:  # the committed job is safe: the clock's sweep sends it
-            log.warning("job.dispatch_deferred", job_id=job_id, error=type(exc).__name__)
+                self.send(job_id)
+            except Exception as exc:  # the committed job is safe: the clock's sweep sends it
+                log.warning("job.dispatch_deferred", job_id=job_id, error=type(exc).__name__)
 
     def send(self, job_id: str, delay_s: float = 0.0) -> None:
         message: dramatiq.Message[Any] = dramatiq.Message(
