@@ -552,6 +552,13 @@ class SharedBreaker:
     ``record`` returns, together with the successes still waiting, so this process's calls
     reach Redis in the order they ended and a failure never counts as consecutive across an
     earlier success. ``status`` and ``flush`` send what is waiting first.
+
+    The closed lease: when Redis answers a batch of successes with ``closed``, calls to that
+    provider are allowed without asking Redis for ``closed_lease_s`` (the next batch renews
+    it). Any other outcome, or any other state, ends the lease before its record is sent, so
+    a failing provider is asked about on every call, as without a lease. A breaker opened
+    elsewhere (another process's failures, an operator) is seen here within the lease. A
+    provider with a rate limit never gets one: every call takes a token from Redis.
     """
 
     def __init__(
@@ -560,19 +567,26 @@ class SharedBreaker:
         local: LocalBreaker,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        closed_lease_s: float = 0.0,
     ) -> None:
         self.shared = shared
         self.local = local
         self._monotonic = monotonic
+        self._closed_lease_s = closed_lease_s
         self._lock = threading.Lock()
         self._down_until: float | None = None  # None: Redis is in use
+        self._closed_until: dict[str, float] = {}  # provider -> end of its closed lease
         self._calls = Batcher(self._send, name="breaker-recorder", gather_s=SUCCESS_BATCH_S)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedBreaker:
         config = BreakerConfig.from_settings(settings)
         client = redis_client(settings.redis_url, settings.breaker_redis_timeout_ms / 1000)
-        return cls(RedisBreaker(client, config, settings.redis_namespace), LocalBreaker(config))
+        return cls(
+            RedisBreaker(client, config, settings.redis_namespace),
+            LocalBreaker(config),
+            closed_lease_s=settings.breaker_closed_lease_ms / 1000,
+        )
 
     @property
     def degraded(self) -> bool:
@@ -610,6 +624,8 @@ class SharedBreaker:
 
     def acquire(self, provider: str) -> Permit:
         if self._use_redis():
+            if self._monotonic() < self._closed_until.get(provider, 0.0):
+                return Permit(provider, "allow", 0.0, "closed", "")
             try:
                 permit = self.shared.acquire(provider)
             except redis.RedisError as exc:
@@ -626,6 +642,7 @@ class SharedBreaker:
         if signal is Signal.SUCCESS and permit.verdict == "allow":
             self._calls.put((permit, signal, retry_after_s))
         else:
+            self._closed_until.pop(permit.provider, None)
             self._calls.handle_now([(permit, signal, retry_after_s)])
 
     def flush(self) -> None:
@@ -634,11 +651,30 @@ class SharedBreaker:
 
     def _send(self, calls: Sequence[RecordedCall]) -> None:
         try:
-            self.shared.record_many(calls)
+            states = self.shared.record_many(calls)
         except redis.RedisError as exc:
+            self._closed_until.clear()
             self._failed(exc)
             for permit, signal, retry_after_s in calls:
                 self.local.record(permit, signal, retry_after_s)
+            return
+        self._renew_leases(calls, states)
+
+    def _renew_leases(self, calls: Sequence[RecordedCall], states: Sequence[str]) -> None:
+        """After a batch was recorded (in order): a provider whose last call succeeded with
+        the breaker closed holds a closed lease from now; any other provider in it, none."""
+        until = self._monotonic() + self._closed_lease_s
+        for (permit, signal, _), state in zip(calls, states, strict=True):
+            provider = permit.provider
+            if (
+                self._closed_lease_s > 0
+                and signal is Signal.SUCCESS
+                and state == "closed"
+                and not self.shared.config.rate(provider)
+            ):
+                self._closed_until[provider] = until
+            else:
+                self._closed_until.pop(provider, None)
 
     def status(self, provider: str) -> BreakerStatus:
         self.flush()

@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     breaker_cooldown_max_s: float = Field(
         300.0, gt=0, le=6 * 3600, validation_alias=_env("ORCHESTRATOR_BREAKER_COOLDOWN_MAX_S")
     )
+    # While this process's calls to a provider without a rate limit keep succeeding and Redis
+    # says its breaker is closed, calls go ahead without asking Redis for this long (ms): a
+    # breaker opened elsewhere (another process, an operator) is seen here within it. Any
+    # other outcome ends it at once. 0: every call asks Redis.
+    breaker_closed_lease_ms: int = Field(
+        100, ge=0, le=10_000, validation_alias=_env("ORCHESTRATOR_BREAKER_CLOSED_LEASE_MS")
+    )
     # Redis socket timeouts for breaker calls (ms): a slow Redis must not slow every job;
     # past it the process falls back to its local breaker.
     breaker_redis_timeout_ms: int = Field(

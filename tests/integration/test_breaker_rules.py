@@ -300,3 +300,89 @@ def test_successes_are_recorded_in_the_background_and_in_order() -> None:
     finally:
         live.client.delete(*live.client.scan_iter(match=f"{namespace}*"))
         live.client.close()
+
+
+class _CountingAcquire:
+    """The real RedisBreaker, counting the acquires that reach Redis."""
+
+    def __init__(self, breaker: RedisBreaker) -> None:
+        self.breaker = breaker
+        self.calls = 0
+        self._acquire = breaker.acquire
+        breaker.acquire = self  # type: ignore[method-assign]
+
+    def __call__(self, provider: str) -> Permit:
+        self.calls += 1
+        return self._acquire(provider)
+
+
+def test_closed_lease_skips_redis_while_calls_succeed() -> None:
+    """Successes answered `closed` let calls go ahead without asking Redis for the lease; a
+    failure ends it before its record is sent; a breaker opened elsewhere (an operator) is
+    obeyed once the lease runs out; a rate-limited provider asks Redis on every call."""
+    from orchestrator.breaker import SharedBreaker
+
+    clock = Clock()
+    monotonic = [0.0]
+    namespace = f"rules-{uuid.uuid4().hex[:8]}"
+    live = RedisBreaker(redis_client(TEST_REDIS_URL, 1.0), CONFIG, namespace, now_ms=clock)
+    counted = _CountingAcquire(live)
+    shared = SharedBreaker(
+        live,
+        LocalBreaker(CONFIG, now_ms=clock),
+        monotonic=lambda: monotonic[0],
+        closed_lease_s=0.1,
+    )
+    try:
+        shared.record(shared.acquire("stripe"), Signal.SUCCESS)
+        shared.flush()  # Redis answered the success: closed
+        assert counted.calls == 1
+        for _ in range(5):
+            permit = shared.acquire("stripe")
+            assert (permit.verdict, permit.state) == ("allow", "closed")
+            shared.record(permit, Signal.SUCCESS)
+        assert counted.calls == 1
+        shared.flush()
+        assert live.status("stripe").window_calls == 6  # leased calls are still recorded
+
+        shared.record(shared.acquire("stripe"), Signal.FAILURE)
+        shared.acquire("stripe")
+        assert counted.calls == 2  # the failure ended the lease
+
+        shared.record(shared.acquire("stripe"), Signal.SUCCESS)
+        shared.flush()
+        assert live.override("stripe", "open", "alice", "incident") == "open"
+        calls = counted.calls
+        assert shared.acquire("stripe").allowed  # within the lease: not seen yet
+        monotonic[0] += 0.1
+        assert shared.acquire("stripe").verdict == "forced_open"
+        assert counted.calls == calls + 1
+
+        for _ in range(2):
+            shared.record(shared.acquire("limited"), Signal.SUCCESS)
+            shared.flush()
+        calls = counted.calls
+        shared.acquire("limited")
+        assert counted.calls == calls + 1  # a token per call: never leased
+    finally:
+        live.client.delete(*live.client.scan_iter(match=f"{namespace}*"))
+        live.client.close()
+
+
+def test_no_closed_lease_when_set_to_zero() -> None:
+    """ORCHESTRATOR_BREAKER_CLOSED_LEASE_MS=0: every call asks Redis."""
+    from orchestrator.breaker import SharedBreaker
+
+    clock = Clock()
+    namespace = f"rules-{uuid.uuid4().hex[:8]}"
+    live = RedisBreaker(redis_client(TEST_REDIS_URL, 1.0), CONFIG, namespace, now_ms=clock)
+    counted = _CountingAcquire(live)
+    shared = SharedBreaker(live, LocalBreaker(CONFIG, now_ms=clock))
+    try:
+        for _ in range(3):
+            shared.record(shared.acquire("stripe"), Signal.SUCCESS)
+            shared.flush()
+        assert counted.calls == 3
+    finally:
+        live.client.delete(*live.client.scan_iter(match=f"{namespace}*"))
+        live.client.close()
