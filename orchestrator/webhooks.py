@@ -407,7 +407,7 @@ def _apply_payment_intent(
             raise ProviderUnavailable(f"PaymentIntent {pi_id} not found at the provider")
         outcome = found
     else:
-        outcome = outcome_of_intent(stripe.PaymentIntent.construct_from(dict(obj), None), None)
+        outcome = outcome_of_intent(obj, None)
     return _settle(orch, event, job, outcome, pi_id)
 
 

@@ -155,3 +155,81 @@ def test_a_real_refused_connection_is_not_executed() -> None:
     outcome = classify_error(info.value)
     assert outcome.kind is AttemptOutcome.NOT_EXECUTED
     assert outcome.error_code == "connect_failed"
+
+
+def test_outcomes_are_read_from_plain_json() -> None:
+    """A PaymentIntent or Refund as JSON (what the create call and webhooks hand over)."""
+    from orchestrator.providers.stripe import outcome_of_intent, outcome_of_refund
+
+    failed = outcome_of_intent(
+        {
+            "id": "pi_1",
+            "status": "requires_payment_method",
+            "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"},
+        },
+        "req_1",
+    )
+    assert (failed.kind, failed.error_code, failed.provider_ref, failed.request_id) == (
+        AttemptOutcome.PERMANENT,
+        "insufficient_funds",
+        "pi_1",
+        "req_1",
+    )
+    assert outcome_of_intent({"id": "pi_2", "status": "succeeded"}, None).kind is (
+        AttemptOutcome.SUCCEEDED
+    )
+    refund = outcome_of_refund({"id": "re_1", "status": "failed", "failure_reason": "x"}, None)
+    assert (refund.kind, refund.error_code) == (AttemptOutcome.PERMANENT, "x")
+
+
+def test_a_success_status_with_an_unreadable_body_is_ambiguous() -> None:
+    """A 200 whose body is no PaymentIntent (a proxy's page, a truncated answer): the charge
+    may have happened, so the job is looked up rather than charged again or failed."""
+    import http.server
+    import threading
+
+    from orchestrator.models import Job
+    from orchestrator.providers.stripe import StripeProvider
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"object": "list"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = StripeProvider(
+            "sk_test_unreadable",
+            api_base=f"http://127.0.0.1:{server.server_address[1]}",
+            connect_timeout_s=2,
+            read_timeout_s=2,
+        )
+        job = Job.from_row(
+            {
+                **{name: None for name in Job.__dataclass_fields__},
+                "id": "3f1e3c55-6d0e-4a53-9f7e-2b9c4d1e0a11",
+                "kind": "charge",
+                "provider": "stripe",
+                "state": "running",
+                "amount": 1000,
+                "currency": "usd",
+                "payment_method": "pm_card_visa",
+                "params": {"metadata": {}},
+                "key_generation": 0,
+                "attempts": 1,
+            }
+        )
+        outcome = provider.execute(job, "orch-x-g0")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (outcome.kind, outcome.unknown_cause) == (AttemptOutcome.AMBIGUOUS, SERVER_ERROR)
