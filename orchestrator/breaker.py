@@ -555,10 +555,11 @@ class SharedBreaker:
 
     The closed lease: when Redis answers a batch of successes with ``closed``, calls to that
     provider are allowed without asking Redis for ``closed_lease_s`` (the next batch renews
-    it). Any other outcome, or any other state, ends the lease before its record is sent, so
-    a failing provider is asked about on every call, as without a lease. A breaker opened
-    elsewhere (another process's failures, an operator) is seen here within the lease. A
-    provider with a rate limit never gets one: every call takes a token from Redis.
+    it). Any other outcome ends the lease before its record is sent, and any answer but
+    ``closed`` ends it too, so a failing provider is asked about on every call, as without a
+    lease. A breaker opened elsewhere (another process's failures, an operator) is seen here
+    within the lease. A provider with a rate limit never gets one: every call takes a token
+    from Redis.
     """
 
     def __init__(
