@@ -3,11 +3,13 @@ a proxy set then is used (unless NO_PROXY names the host), one set later is not.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
 
 from orchestrator.models import AttemptOutcome
+from orchestrator.providers.base import NO_RESPONSE
 from orchestrator.providers.stripe import StripeProvider
 from tests.conftest import STRIPE_TEST_KEY
 
@@ -50,3 +52,55 @@ def test_the_environment_is_not_read_per_call(orch: Any, simulator: Any, no_prox
     provider = _provider(simulator)
     no_proxy_env.setenv("HTTP_PROXY", DEAD_PROXY)
     assert _call(orch, provider, "proxy-set-later").kind is AttemptOutcome.SUCCEEDED
+
+
+# -- network faults through the provider's transport (real SDK, real HTTP) -------------------
+
+
+def _fast_provider(api_base: str) -> StripeProvider:
+    return StripeProvider(
+        STRIPE_TEST_KEY, api_base=api_base, connect_timeout_s=1.0, read_timeout_s=0.5
+    )
+
+
+def test_a_read_timeout_is_ambiguous(orch: Any, simulator: Any, no_proxy_env: Any) -> None:
+    """The request went out and no answer came within the read timeout: maybe executed."""
+    simulator.set_faults("stripe", rate_timeout=1.0, timeout_sleep_s=2.0)
+    outcome = _call(orch, _fast_provider(simulator.url), "read-timeout")
+    assert (outcome.kind, outcome.error_code, outcome.unknown_cause) == (
+        AttemptOutcome.AMBIGUOUS,
+        "read_timeout",
+        NO_RESPONSE,
+    )
+
+
+def test_a_cut_after_executing_is_ambiguous(orch: Any, simulator: Any, no_proxy_env: Any) -> None:
+    """The simulator executed the charge and closed the connection: no answer, one intent."""
+    simulator.set_faults("stripe", rate_cut_after_execute=1.0)
+    outcome = _call(orch, _fast_provider(simulator.url), "cut-after")
+    assert (outcome.kind, outcome.error_code, outcome.unknown_cause) == (
+        AttemptOutcome.AMBIGUOUS,
+        "no_response",
+        NO_RESPONSE,
+    )
+    assert len(simulator.payment_intents()) == 1
+
+
+def test_a_refused_connection_is_not_executed(orch: Any, no_proxy_env: Any) -> None:
+    """Nothing listens on the port: the request never left, so a retry is safe."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome = _call(orch, _fast_provider(f"http://127.0.0.1:{port}"), "refused")
+    assert (outcome.kind, outcome.error_code) == (AttemptOutcome.NOT_EXECUTED, "connect_failed")
+
+
+def test_connections_are_reused(orch: Any, simulator: Any, no_proxy_env: Any) -> None:
+    """Calls from one thread after another go over the pooled keep-alive connection."""
+    provider = _fast_provider(simulator.url)
+    for i in range(5):
+        assert _call(orch, provider, f"reuse-{i}").kind is AttemptOutcome.SUCCEEDED
+    pools = provider._client._requestor._client._pool.pools  # type: ignore[attr-defined]
+    keys = pools.keys()  # urllib3's container has no iterator of its own
+    (pool,) = [pools[key] for key in keys]
+    assert pool.num_connections == 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 from typing import Any
 
 import pytest
 import requests
 import stripe
+import urllib3
 
 from orchestrator.models import AttemptOutcome
 from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR
@@ -85,6 +87,30 @@ def _connection_error(cause: BaseException) -> stripe.APIConnectionError:
             AttemptOutcome.NOT_EXECUTED,
             None,
         ),
+        (
+            _connection_error(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out")),  # type: ignore[arg-type]
+            AttemptOutcome.AMBIGUOUS,
+            NO_RESPONSE,
+        ),
+        (
+            _connection_error(
+                urllib3.exceptions.ProtocolError(
+                    "Connection aborted.", http.client.RemoteDisconnected("closed")
+                )
+            ),
+            AttemptOutcome.AMBIGUOUS,
+            NO_RESPONSE,
+        ),
+        (
+            _connection_error(urllib3.exceptions.ConnectTimeoutError()),
+            AttemptOutcome.NOT_EXECUTED,
+            None,
+        ),
+        (
+            _connection_error(urllib3.exceptions.NewConnectionError(None, "refused")),  # type: ignore[arg-type]
+            AttemptOutcome.NOT_EXECUTED,
+            None,
+        ),
     ],
     ids=[
         "card",
@@ -100,6 +126,10 @@ def _connection_error(cause: BaseException) -> stripe.APIConnectionError:
         "cut",
         "connect-timeout",
         "refused",
+        "urllib3-read-timeout",
+        "urllib3-cut",
+        "urllib3-connect-timeout",
+        "urllib3-refused",
     ],
 )
 def test_classification(exc: stripe.StripeError, kind: AttemptOutcome, cause: str | None) -> None:
