@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 import stripe
@@ -74,7 +74,9 @@ class Urllib3Client(stripe.HTTPClient):
             "ca_certs": stripe.ca_bundle_path,
         }
         self._pool: urllib3.PoolManager = (
-            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+            urllib3.ProxyManager(proxy, proxy_headers=_proxy_auth(proxy), **options)
+            if proxy
+            else urllib3.PoolManager(**options)
         )
 
     # bytes, as the SDK's own RequestsClient returns (its base class says str).
@@ -351,6 +353,12 @@ def classify_error(exc: stripe.StripeError) -> Outcome:
 # (the SDK's default client). urllib3's NewConnectionError is a ConnectTimeoutError too.
 _CONNECT_TIMEOUTS = (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)
 _READ_TIMEOUTS = (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)
+
+
+def _proxy_auth(proxy: str) -> dict[str, str] | None:
+    """``Proxy-Authorization`` for a proxy URL with credentials (urllib3 does not read them)."""
+    parts = urllib3.util.parse_url(proxy)
+    return urllib3.make_headers(proxy_basic_auth=unquote(parts.auth)) if parts.auth else None
 
 
 def _classify_connection_error(exc: stripe.APIConnectionError, fields: dict[str, Any]) -> Outcome:
