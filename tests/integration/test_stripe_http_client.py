@@ -109,38 +109,14 @@ def test_connections_are_reused(orch: Any, simulator: Any, no_proxy_env: Any) ->
 def test_proxy_credentials_are_sent(orch: Any, simulator: Any, no_proxy_env: Any) -> None:
     """A proxy URL with a user and password gets Proxy-Authorization on every request."""
     import base64
-    import http.server
-    import threading
 
-    seen: list[tuple[str, str | None]] = []
+    from tests.json_server import json_server
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.path, self.headers.get("Proxy-Authorization")))
-            body = b'{"id": "pi_via_proxy", "object": "payment_intent", "status": "succeeded"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        no_proxy_env.setenv("HTTP_PROXY", f"http://ops:s%3Acret@127.0.0.1:{port}")
+    body = b'{"id": "pi_via_proxy", "object": "payment_intent", "status": "succeeded"}'
+    with json_server(body) as (proxy_url, seen):
+        no_proxy_env.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://ops:s%3Acret@"))
         outcome = _call(orch, _provider(simulator), "proxy-auth")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (outcome.kind, outcome.provider_ref) == (AttemptOutcome.SUCCEEDED, "pi_via_proxy")
-    assert seen == [
-        (
-            f"{simulator.url}/v1/payment_intents",
-            "Basic " + base64.b64encode(b"ops:s:cret").decode(),
-        )
-    ]
+    [(path, headers)] = seen
+    assert path == f"{simulator.url}/v1/payment_intents"
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"ops:s:cret").decode()

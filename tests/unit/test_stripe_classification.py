@@ -215,33 +215,13 @@ def test_outcomes_are_read_from_plain_json() -> None:
 def test_a_success_status_with_an_unreadable_body_is_ambiguous() -> None:
     """A 200 whose body is no PaymentIntent (a proxy's page, a truncated answer): the charge
     may have happened, so the job is looked up rather than charged again or failed."""
-    import http.server
-    import threading
-
     from orchestrator.models import Job
     from orchestrator.providers.stripe import StripeProvider
+    from tests.json_server import json_server
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'{"object": "list"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with json_server(b'{"object": "list"}') as (url, _):
         provider = StripeProvider(
-            "sk_test_unreadable",
-            api_base=f"http://127.0.0.1:{server.server_address[1]}",
-            connect_timeout_s=2,
-            read_timeout_s=2,
+            "sk_test_unreadable", api_base=url, connect_timeout_s=2, read_timeout_s=2
         )
         job = Job.from_row(
             {
@@ -259,7 +239,4 @@ def test_a_success_status_with_an_unreadable_body_is_ambiguous() -> None:
             }
         )
         outcome = provider.execute(job, "orch-x-g0")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (outcome.kind, outcome.unknown_cause) == (AttemptOutcome.AMBIGUOUS, SERVER_ERROR)
