@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 import stripe
@@ -357,8 +357,8 @@ _READ_TIMEOUTS = (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeou
 
 def _proxy_auth(proxy: str) -> dict[str, str] | None:
     """``Proxy-Authorization`` for a proxy URL with credentials (urllib3 does not read them)."""
-    parts = urllib3.util.parse_url(proxy)
-    return urllib3.make_headers(proxy_basic_auth=unquote(parts.auth)) if parts.auth else None
+    user, password = requests.utils.get_auth_from_url(proxy)
+    return urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
 
 
 def _classify_connection_error(exc: stripe.APIConnectionError, fields: dict[str, Any]) -> Outcome:
