@@ -189,7 +189,7 @@ CREATE TABLE IF NOT EXISTS job_transitions (
 );
 CREATE INDEX IF NOT EXISTS job_transitions_job_idx ON job_transitions (job_id, id);
 
--- The state machine (docs/state_machine.md draws it). Anything else is a bug and is refused.
+-- The state machine (the README draws it). Anything else is a bug and is refused.
 CREATE OR REPLACE FUNCTION job_transition_allowed(from_state job_state, to_state job_state)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE from_state
@@ -202,7 +202,7 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
                                             'dead')
         WHEN 'processing' THEN to_state IN ('succeeded', 'failed', 'dead')
         -- dead -> succeeded: a replay whose lookup finds the provider already holds a
-        -- successful object adopts it instead of calling again (orchestrator.operations).
+        -- successful object adopts it instead of calling again (orchestrator.ops.service).
         WHEN 'dead'       THEN to_state IN ('pending', 'cancelled', 'succeeded')
         ELSE false  -- succeeded, failed, cancelled are final
     END
@@ -305,7 +305,7 @@ CREATE TRIGGER jobs_release_refund AFTER UPDATE OF state ON jobs
           AND OLD.state NOT IN ('failed', 'cancelled'))
     EXECUTE FUNCTION jobs_release_refund();
 
--- Operator surface (orchestrator.operations): who did what to which job, when and why.
+-- Operator surface (orchestrator.ops.service): who did what to which job, when and why.
 -- Written in the same statement as the state change it records (or alone, for bulk runs).
 CREATE TABLE IF NOT EXISTS operator_actions (
     id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -328,7 +328,7 @@ CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS job_attempts_finished_idx ON job_attempts (finished_at);
 
 -- dramatiq's own dead letters (Redis `<namespace>:<queue>.XQ`), copied here by the clock
--- (orchestrator.deadletters) so that a message dramatiq gave up on is never invisible: Redis
+-- (orchestrator.maintenance.deadletters) so that a message dramatiq gave up on is never invisible: Redis
 -- keeps them 7 days at most, and nothing lists them. No foreign key: a message may name a
 -- job that does not exist (or no longer does).
 CREATE TABLE IF NOT EXISTS broker_dead_letters (

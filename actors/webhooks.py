@@ -18,4 +18,4 @@ def process_webhook_event(event_row_id: int) -> None:
     """Apply one stored webhook event to its job (a no-op if it is already done)."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(webhook_row_id=event_row_id)
-    process_event(runtime.current(), event_row_id)
+    process_event(runtime.current(), event_row_id, providers=runtime.providers)

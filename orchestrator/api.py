@@ -12,6 +12,7 @@ import dramatiq
 from orchestrator import validation as v
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.config import Settings, load_settings
+from orchestrator.db import Conn, OpsStore, Store, make_pool
 from orchestrator.errors import (
     ConfigError,
     IdempotencyConflict,
@@ -23,7 +24,6 @@ from orchestrator.executor import Executor
 from orchestrator.logs import get_logger
 from orchestrator.models import Attempt, Job, JobKind, JobState, Transition
 from orchestrator.providers.base import Provider
-from orchestrator.store import Conn, Store, make_pool
 
 log = get_logger(__name__)
 
@@ -47,6 +47,7 @@ class Orchestrator:
         self.store = store or Store(
             make_pool(settings.database_url, max_size=settings.db_pool_max_size)
         )
+        self.ops_store = OpsStore(self.store.pool)
         self.broker = broker or make_broker(settings)
         self.dispatcher = Dispatcher(self.broker, settings.queue_name)
         self._executor: Executor | None = None
@@ -80,9 +81,26 @@ class Orchestrator:
         metadata: Mapping[str, str] | None = None,
         *,
         description: str | None = None,
+        return_url: str | None = None,
+        stripe_account: str | None = None,
+        capture_method: str | None = None,
+        statement_descriptor_suffix: str | None = None,
+        receipt_email: str | None = None,
+        payment_method_types: Sequence[str] | None = None,
+        transfer_data: Mapping[str, Any] | None = None,
+        application_fee_amount: int | None = None,
+        on_behalf_of: str | None = None,
         conn: Conn | None = None,
     ) -> Job:
         """Accept a charge as a job (or return the job this key already made).
+
+        By default the charge is merchant-initiated (``off_session``: nobody is there to
+        authenticate); a card that needs authentication fails with ``authentication_required``
+        and the job keeps the PaymentIntent id. Pass ``return_url`` when the customer confirms
+        on-session: ``requires_action`` then leaves the job ``processing`` with the intent's
+        ``next_action`` and ``client_secret`` in ``job.provider_details``. The other keyword
+        arguments are Stripe's PaymentIntent fields of the same names; ``stripe_account`` is
+        sent as the ``Stripe-Account`` header (Connect), which also scopes keys and lookups.
 
         With ``conn``, the job is inserted inside the caller's open transaction and its message
         goes out only once that transaction commits (rolled back: no job, no message).
@@ -100,8 +118,23 @@ class Orchestrator:
                 "description", description, max_length=MAX_DESCRIPTION_CHARS, required=False
             ),
         }
+        options = v.charge_options(
+            amount,
+            {
+                "return_url": return_url,
+                "stripe_account": stripe_account,
+                "capture_method": capture_method,
+                "statement_descriptor_suffix": statement_descriptor_suffix,
+                "receipt_email": receipt_email,
+                "payment_method_types": payment_method_types,
+                "transfer_data": transfer_data,
+                "application_fee_amount": application_fee_amount,
+                "on_behalf_of": on_behalf_of,
+            },
+        )
+        request.update(options)  # only the options given: old requests keep their fingerprint
         key = v.idempotency_key(idempotency_key)
-        params: dict[str, Any] = {"metadata": request["metadata"]}
+        params: dict[str, Any] = {"metadata": request["metadata"], **options}
         if request["description"]:
             params["description"] = request["description"]
         row = {

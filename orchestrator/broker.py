@@ -83,10 +83,16 @@ class Dispatcher:
                 log.warning("job.dispatch_deferred", job_id=job_id, error=type(exc).__name__)
 
     def send(self, job_id: str, delay_s: float = 0.0) -> None:
+        """Send ``execute_job(job_id)``, to run after ``delay_s``."""
+        self.send_to(EXECUTE_ACTOR, job_id, delay_s=delay_s)
+
+    def send_to(self, actor_name: str, *args: str | int, delay_s: float = 0.0) -> None:
+        """Send a message to the worker's actor ``actor_name`` (by name: the actors package
+        need not be imported here), carrying ids only."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue_name,
-            actor_name=EXECUTE_ACTOR,
-            args=(job_id,),
+            actor_name=actor_name,
+            args=args,
             kwargs={},
             options={},
         )

@@ -38,29 +38,23 @@ from orchestrator.breaker import (
 )
 from orchestrator.broker import Dispatcher
 from orchestrator.config import Settings
+from orchestrator.db.store import Store
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.logs import get_logger
-from orchestrator.models import AttemptOutcome, Job, JobState
+from orchestrator.models import AttemptOutcome, DeadReason, Job, JobState
 from orchestrator.providers.base import NO_RESPONSE, Outcome, Provider
-from orchestrator.store import Store
 
 log = get_logger(__name__)
 
-# Dead reasons (jobs.dead_reason).
-ATTEMPTS_EXHAUSTED = "attempts_exhausted"
-RETRY_HORIZON = "retry_horizon"
-AMBIGUOUS = "ambiguous"
-STUCK_PENDING = "stuck_pending"
-UNRESOLVED = "unresolved"
 # A pending object is never polled less often than this, however old it is.
 MAX_PROCESSING_POLL_S = 3600.0
 # A lookup that could not reach the provider is tried again after this long.
 LOOKUP_RETRY_S = 5.0
 # A job for a provider this worker has no credentials for (e.g. SENDGRID_API_KEY unset) goes
-# dead at once: no call was made, so replaying it once the provider is configured is safe, and
-# the DLQ shows the misconfiguration now instead of after a whole retry horizon.
-PROVIDER_UNCONFIGURED = "provider_unconfigured"
-# An unknown/processing job of such a provider is looked at again after this long.
+# dead at once (DeadReason.PROVIDER_UNCONFIGURED): no call was made, so replaying it once the
+# provider is configured is safe, and the DLQ shows the misconfiguration now instead of after
+# a whole retry horizon. An unknown/processing job of such a provider is looked at again after
+# this long.
 UNCONFIGURED_RECHECK_S = 300.0
 
 
@@ -94,7 +88,7 @@ class Decision:
     delay_s: float = 0.0
     generation_step: int = 0
     unknown_cause: str | None = None
-    dead_reason: str | None = None
+    dead_reason: DeadReason | None = None
     # A call the breaker or rate limiter denied: the claim's attempt is given back.
     refund_attempt: bool = False
 
@@ -135,7 +129,7 @@ def decide(
         return Decision(
             JobState.DEAD,
             f"ambiguous outcome, no idempotency: {summary}"[:500],
-            dead_reason=AMBIGUOUS,
+            dead_reason=DeadReason.AMBIGUOUS,
         )
     return _retry_or_dead(job, now, policy, rng, outcome.retry_after_s, f"not executed: {summary}")
 
@@ -153,14 +147,14 @@ def _retry_or_dead(
         return Decision(
             JobState.DEAD,
             f"{job.attempts} attempts exhausted; {why}"[:500],
-            dead_reason=ATTEMPTS_EXHAUSTED,
+            dead_reason=DeadReason.ATTEMPTS_EXHAUSTED,
         )
     delay = policy.delay_s(job.attempts, rng, retry_after_s)
     if now + timedelta(seconds=delay) > job.deadline_at:
         return Decision(
             JobState.DEAD,
             f"next attempt would pass the retry horizon; {why}"[:500],
-            dead_reason=RETRY_HORIZON,
+            dead_reason=DeadReason.RETRY_HORIZON,
         )
     return Decision(
         JobState.RETRYING,
@@ -200,14 +194,20 @@ def decide_lookup(
     if waited < search_grace_s:
         return search_grace_s - waited + 0.5
     if not honours_keys and not job.params.get("at_least_once"):
-        return Decision(JobState.DEAD, "outcome unknown and not provable", dead_reason=AMBIGUOUS)
+        return Decision(
+            JobState.DEAD, "outcome unknown and not provable", dead_reason=DeadReason.AMBIGUOUS
+        )
     if can_attempt:
         return Decision(
             JobState.RETRYING,
             f"absent at the provider after {waited:.0f}s; next key generation",
             generation_step=1,
         )
-    reason = ATTEMPTS_EXHAUSTED if job.attempts >= job.max_attempts else RETRY_HORIZON
+    reason = (
+        DeadReason.ATTEMPTS_EXHAUSTED
+        if job.attempts >= job.max_attempts
+        else DeadReason.RETRY_HORIZON
+    )
     return Decision(JobState.DEAD, "absent at the provider and no attempt left", dead_reason=reason)
 
 
@@ -218,7 +218,7 @@ def _still_pending(
     age_s = (now - (job.last_attempt_at or job.created_at)).total_seconds()
     if age_s >= stuck_pending_s:
         return Decision(
-            JobState.DEAD, f"still pending after {age_s:.0f}s", dead_reason=STUCK_PENDING
+            JobState.DEAD, f"still pending after {age_s:.0f}s", dead_reason=DeadReason.STUCK_PENDING
         )
     delay = min(max(poll_s, age_s / 10), MAX_PROCESSING_POLL_S)
     if job.state is JobState.PROCESSING:
@@ -244,7 +244,7 @@ def decide_deferral(job: Job, now: datetime, permit: Permit, rng: random.Random)
         return Decision(
             JobState.DEAD,
             f"{permit.reason}; next attempt would pass the retry horizon"[:500],
-            dead_reason=RETRY_HORIZON,
+            dead_reason=DeadReason.RETRY_HORIZON,
             refund_attempt=True,
         )
     return Decision(
@@ -259,7 +259,7 @@ def _unconfigured(job: Job) -> Decision:
     return Decision(
         JobState.DEAD,
         f"provider {job.provider!r} is not configured in this worker; no call was made",
-        dead_reason=PROVIDER_UNCONFIGURED,
+        dead_reason=DeadReason.PROVIDER_UNCONFIGURED,
         refund_attempt=True,
     )
 
@@ -313,14 +313,6 @@ class Executor:
         return None
 
     # -- one attempt -----------------------------------------------------------------------
-
-    def attempt(self, job_id: str) -> JobState | None:
-        owner = self._owner()
-        row = self.store.claim(job_id, owner, self.settings.lease_s, self.keyed_providers)
-        if row is None:
-            log.debug("job.claim_lost", job_id=job_id)
-            return None
-        return self._attempt_claimed(row, owner)
 
     def _attempt_claimed(self, row: dict[str, Any], owner: str) -> JobState | None:
         job = Job.from_row(row)
@@ -400,7 +392,7 @@ class Executor:
                 dead = Decision(
                     JobState.DEAD,
                     f"unresolved past the retry horizon: {exc}",
-                    dead_reason=UNRESOLVED,
+                    dead_reason=DeadReason.UNRESOLVED,
                 )
                 return self._settle(job, owner, dead, None, None)
             self._release(job, owner, LOOKUP_RETRY_S)
@@ -453,7 +445,7 @@ class Executor:
             "error_code": outcome.error_code if outcome else None,
             "error": outcome.error_summary if outcome else None,
             "unknown_cause": decision.unknown_cause,
-            "dead_reason": decision.dead_reason,
+            "dead_reason": None if decision.dead_reason is None else str(decision.dead_reason),
         }
         settled = self.store.settle(args)
         if settled is None:

@@ -36,6 +36,26 @@ class JobKind(enum.StrEnum):
     EMAIL = "email"
 
 
+class DeadReason(enum.StrEnum):
+    """Why a job is ``dead`` (``jobs.dead_reason``): what an operator must weigh before a replay."""
+
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    RETRY_HORIZON = "retry_horizon"
+    AMBIGUOUS = "ambiguous"  # a provider without idempotency keys may have executed it
+    STUCK_PENDING = "stuck_pending"
+    UNRESOLVED = "unresolved"  # an unknown outcome could not be looked up before the horizon
+    PROVIDER_UNCONFIGURED = "provider_unconfigured"  # no credentials for its provider
+
+
+class EventStatus(enum.StrEnum):
+    """Mirror of the ``webhook_status`` SQL enum: where a stored provider event stands."""
+
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
 class AttemptOutcome(enum.StrEnum):
     """Mirror of ``attempt_outcome``: how one provider call ended."""
 
@@ -161,7 +181,35 @@ class Transition:
         return transition
 
 
-def row_to_json(obj: Attempt | Transition) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """A row of ``webhook_events`` (``payload`` only when read one at a time)."""
+
+    id: int
+    provider: str
+    event_id: str
+    type: str
+    object_id: str | None
+    job_id: str | None
+    status: EventStatus
+    attempts: int
+    note: str | None
+    last_error: str | None
+    received_at: datetime
+    processed_at: datetime | None
+    payload: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WebhookEvent:
+        event: WebhookEvent = _from_row(cls, row)
+        object.__setattr__(event, "status", EventStatus(event.status))
+        return event
+
+    def to_dict(self) -> dict[str, Any]:
+        return row_to_json(self)
+
+
+def row_to_json(obj: Attempt | Transition | WebhookEvent) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
         value = getattr(obj, f.name)

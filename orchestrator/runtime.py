@@ -2,20 +2,25 @@
 
 Actors bind to a broker when they are declared, so ``actors`` asks this module for the
 broker before declaring anything. Tests (and embedding applications) call :func:`install`
-first to supply their own.
+first to supply their own. :func:`providers` gives the current Orchestrator's providers,
+built once per Orchestrator (each holds an HTTP connection pool).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 import dramatiq
 
 from orchestrator.api import Orchestrator
 from orchestrator.logs import configure_logging
+from orchestrator.providers.base import Provider
 
 _lock = threading.Lock()
 _current: Orchestrator | None = None
+# The providers built for one Orchestrator (rebuilt when another is installed).
+_providers: tuple[Orchestrator, Mapping[str, Provider]] | None = None
 
 
 def install(orchestrator: Orchestrator) -> None:
@@ -35,3 +40,13 @@ def current() -> Orchestrator:
             _current = orchestrator
             dramatiq.set_broker(orchestrator.broker)
         return _current
+
+
+def providers() -> Mapping[str, Provider]:
+    """The current Orchestrator's providers, built on first use."""
+    global _providers
+    orchestrator = current()
+    with _lock:
+        if _providers is None or _providers[0] is not orchestrator:
+            _providers = (orchestrator, orchestrator.providers())
+        return _providers[1]

@@ -24,6 +24,10 @@ MAX_METADATA_KEY_LENGTH = 40
 MAX_METADATA_VALUE_LENGTH = 500
 # Metadata key the orchestrator sets on every provider object to find it again.
 JOB_ID_METADATA_KEY = "orchestrator_job_id"
+# Metadata key carrying the key generation of the request that made an object, so a lookup
+# tells the current generation's failure from an older one's.
+KEY_GENERATION_METADATA_KEY = "orchestrator_key_generation"
+RESERVED_METADATA_KEYS = frozenset({JOB_ID_METADATA_KEY, KEY_GENERATION_METADATA_KEY})
 
 # ISO 4217 active codes (funds and precious-metal codes excluded), lower case as Stripe uses them.
 ISO_4217 = frozenset(
@@ -89,8 +93,8 @@ def metadata(value: object) -> dict[str, str]:
             )
         if "[" in key or "]" in key:
             raise ValidationError("metadata keys must not contain square brackets")
-        if key == JOB_ID_METADATA_KEY:
-            raise ValidationError(f"metadata key {JOB_ID_METADATA_KEY!r} is reserved")
+        if key in RESERVED_METADATA_KEYS:
+            raise ValidationError(f"metadata key {key!r} is reserved")
         if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE_LENGTH:
             raise ValidationError(
                 f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE_LENGTH} "
@@ -114,6 +118,109 @@ def fingerprint(request: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the request: equal requests, equal fingerprints."""
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- PaymentIntent options (Stripe's create parameters) ---------------------------------------
+
+CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
+# Stripe: the suffix and the account's prefix together make at most 22 characters; the
+# suffix alone may never pass 22, and the characters < > \ ' " * are refused.
+MAX_DESCRIPTOR_SUFFIX_CHARS = 22
+MAX_RETURN_URL_CHARS = 2048
+MAX_PAYMENT_METHOD_TYPES = 30
+_ACCOUNT_RE = re.compile(r"^acct_[A-Za-z0-9]{1,250}$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+$")
+_DESCRIPTOR_RE = re.compile(r"^[\x20-\x7e]+$")
+_PM_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def account(name: str, value: object) -> str | None:
+    """A Connect account id (``acct_...``), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+        raise ValidationError(f"{name} must be a Stripe account id (acct_...)")
+    return value
+
+
+def charge_options(amount_minor: int, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional PaymentIntent fields of a charge, checked as Stripe checks them; only those
+    given are returned (so a request without them keeps the fingerprint it always had)."""
+    out: dict[str, Any] = {}
+    if (url := options.get("return_url")) is not None:
+        if not isinstance(url, str) or len(url) > MAX_RETURN_URL_CHARS or not _URL_RE.match(url):
+            raise ValidationError(
+                f"return_url must be an absolute URL of at most {MAX_RETURN_URL_CHARS} characters"
+            )
+        out["return_url"] = url
+    if (method := options.get("capture_method")) is not None:
+        if method not in CAPTURE_METHODS:
+            raise ValidationError(f"capture_method must be one of {', '.join(CAPTURE_METHODS)}")
+        out["capture_method"] = method
+    if (suffix := options.get("statement_descriptor_suffix")) is not None:
+        out["statement_descriptor_suffix"] = _descriptor_suffix(suffix)
+    if (receipt := options.get("receipt_email")) is not None:
+        out["receipt_email"] = email("receipt_email", receipt)
+    if (types := options.get("payment_method_types")) is not None:
+        out["payment_method_types"] = _payment_method_types(types)
+    for name in ("stripe_account", "on_behalf_of"):
+        if (acct := account(name, options.get(name))) is not None:
+            out[name] = acct
+    if (transfer := options.get("transfer_data")) is not None:
+        out["transfer_data"] = _transfer_data(amount_minor, transfer)
+    if (fee := options.get("application_fee_amount")) is not None:
+        if isinstance(fee, bool) or not isinstance(fee, int) or not 0 <= fee <= amount_minor:
+            raise ValidationError("application_fee_amount must be an integer from 0 to amount")
+        if not {"stripe_account", "transfer_data", "on_behalf_of"} & out.keys():
+            raise ValidationError(
+                "application_fee_amount needs a connected account: stripe_account, "
+                "transfer_data or on_behalf_of"
+            )
+        out["application_fee_amount"] = fee
+    return out
+
+
+def _descriptor_suffix(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_DESCRIPTOR_SUFFIX_CHARS
+        or not _DESCRIPTOR_RE.match(value)
+        or any(ch in value for ch in "<>\\'\"*")
+        or not any(ch.isalpha() for ch in value)
+    ):
+        raise ValidationError(
+            f"statement_descriptor_suffix must be 1-{MAX_DESCRIPTOR_SUFFIX_CHARS} printable "
+            "ASCII characters with at least one letter and none of < > \\ ' \" *"
+        )
+    return value
+
+
+def _payment_method_types(value: object) -> list[str]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, list | tuple)
+        or not 1 <= len(value) <= MAX_PAYMENT_METHOD_TYPES
+        or not all(isinstance(t, str) and _PM_TYPE_RE.match(t) for t in value)
+    ):
+        raise ValidationError(
+            "payment_method_types must be a non-empty list of payment method types such as ['card']"
+        )
+    return list(value)
+
+
+def _transfer_data(amount_minor: int, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not set(value) <= {"destination", "amount"}:
+        raise ValidationError("transfer_data must be a mapping with destination (and amount)")
+    destination = account("transfer_data['destination']", value.get("destination"))
+    if destination is None:
+        raise ValidationError("transfer_data['destination'] is required")
+    out: dict[str, Any] = {"destination": destination}
+    if "amount" in value:
+        moved = value["amount"]
+        if isinstance(moved, bool) or not isinstance(moved, int) or not 1 <= moved <= amount_minor:
+            raise ValidationError("transfer_data['amount'] must be an integer from 1 to amount")
+        out["amount"] = moved
+    return out
 
 
 # -- email (SendGrid's v3 mail send) -----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,20 +18,23 @@ from starlette.routing import Route
 from orchestrator import webhooks
 from orchestrator.api import Orchestrator
 from orchestrator.breaker import BreakerCollector, SharedBreaker
+from orchestrator.db import Store
+from orchestrator.maintenance.deadletters import recent_dead_letters
 from orchestrator.models import JobState
-from orchestrator.ops_metrics import OpsCollector
-from orchestrator.ops_web import ops_routes
+from orchestrator.ops.http import ops_routes
+from orchestrator.ops.metrics import OpsCollector
+from orchestrator.ops.service import Operations
 
 
 class JobsCollector(Collector):
     """Jobs by state, read from PostgreSQL at scrape time (the truth, shared by all hosts)."""
 
-    def __init__(self, orch: Orchestrator) -> None:
-        self.orch = orch
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def collect(self) -> Any:
         gauge = GaugeMetricFamily("orchestrator_jobs", "Jobs by state", labels=["state"])
-        counts = self.orch.store.count_by_state()
+        counts = self.store.count_by_state()
         for state in JobState:
             gauge.add_metric([str(state)], counts.get(str(state), 0))
         yield gauge
@@ -38,10 +42,19 @@ class JobsCollector(Collector):
 
 def create_app(orch: Orchestrator | None = None) -> Starlette:
     orchestrator = orch or Orchestrator.from_env()
+    settings = orchestrator.settings
+    # One shared breaker (and Redis pool) serves /metrics and /ops/api/breaker alike.
+    breaker = SharedBreaker.from_settings(settings)
     registry = CollectorRegistry()
-    registry.register(JobsCollector(orchestrator))
-    registry.register(OpsCollector(orchestrator))
-    registry.register(BreakerCollector(SharedBreaker.from_settings(orchestrator.settings)))
+    registry.register(JobsCollector(orchestrator.store))
+    registry.register(OpsCollector(orchestrator.store, orchestrator.ops_store, settings))
+    registry.register(BreakerCollector(breaker))
+    ops = ops_routes(
+        Operations.from_orchestrator(orchestrator),
+        token=settings.ops_token.get_secret_value() if settings.ops_token else None,
+        breaker=breaker,
+        dead_letters=functools.partial(recent_dead_letters, orchestrator),
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -60,7 +73,7 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             Route("/webhooks/stripe", webhooks.stripe_endpoint(orchestrator), methods=["POST"]),
-            *ops_routes(orchestrator),
+            *ops,
         ],
         lifespan=lifespan,
     )

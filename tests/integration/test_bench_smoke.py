@@ -6,8 +6,8 @@ import os
 
 import psycopg
 
-from orchestrator.benchmarks import charges
-from orchestrator.benchmarks.runner import build_parser
+from orchestrator.dev.benchmarks import charges
+from orchestrator.dev.benchmarks.runner import build_parser
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 
 SMOKE_CHARGES = 30

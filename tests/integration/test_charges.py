@@ -31,8 +31,18 @@ def test_charge_succeeds_with_one_payment_intent(orch: Any, worker: Any, simulat
     intents = simulator.payment_intents()
     assert len(intents) == 1
     assert intents[0]["id"] == done.provider_ref
-    assert intents[0]["metadata"] == {"order": "1", "orchestrator_job_id": job.id}
+    assert intents[0]["metadata"] == {
+        "order": "1",
+        "orchestrator_job_id": job.id,
+        "orchestrator_key_generation": "0",
+    }
     assert intents[0]["amount"] == 1000
+    # Merchant-initiated by default: no customer is present to authenticate or be redirected.
+    assert intents[0]["off_session"] is True
+    assert intents[0]["automatic_payment_methods"] == {
+        "enabled": True,
+        "allow_redirects": "never",
+    }
     assert done.attempts == 1
     transitions = [(t.from_state, t.to_state) for t in orch.transitions(job.id)]
     assert transitions == [(None, "pending"), ("pending", "running"), ("running", "succeeded")]
@@ -218,8 +228,8 @@ def test_no_retry_is_scheduled_past_the_horizon(orch: Any, simulator: Any) -> No
 
 def test_charge_inside_caller_transaction(orch: Any, worker: Any, simulator: Any) -> None:
     """With conn=, the job commits with the caller's transaction; a rollback leaves nothing."""
-    from orchestrator.clock import Clock
-    from orchestrator.store import connect
+    from orchestrator.db import connect
+    from orchestrator.maintenance.clock import Clock
 
     with connect(orch.settings.database_url) as conn:
         _charge(orch, "tx-rolled-back", conn=conn)

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from orchestrator.store import q
+from orchestrator.db.pool import q
 from tests.conftest import wait_until
 
 

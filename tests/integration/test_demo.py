@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.devstack import STACK_FILE, port_open, state_dir
+from orchestrator.dev.devstack import STACK_FILE, port_open, state_dir
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Generous: a cold initdb plus a demo of a few dozen jobs takes ~20 s on a loaded 2-core box.
@@ -50,7 +50,7 @@ def _env(dev_dir: Path) -> dict[str, str]:
 
 def _demo(dev_dir: Path, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "demo", "--json", *args],
+        [sys.executable, "-m", "orchestrator", "demo", "--json", *args],
         env=_env(dev_dir),
         cwd=ROOT,
         capture_output=True,
@@ -113,7 +113,7 @@ def test_dev_serves_the_stack_the_demo_reuses_and_ctrl_c_stops_it_all(dev_dir: P
     and service: exit 0, ports closed, PostgreSQL shut down, no stack file left."""
     log = (dev_dir / "dev.out").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "dev"],
+        [sys.executable, "-m", "orchestrator", "dev"],
         env=_env(dev_dir),
         cwd=ROOT,
         stdout=log,

@@ -17,10 +17,12 @@ import pytest
 from orchestrator import JobState
 from orchestrator.api import Orchestrator
 from orchestrator.breaker import Permit
-from orchestrator.clock import Clock
+from orchestrator.db.pool import q
 from orchestrator.executor import Executor
-from orchestrator.operations import JobFilter, Operations, ReplayAction
-from orchestrator.store import q
+from orchestrator.maintenance.clock import Clock
+from orchestrator.ops.filters import JobFilter
+from orchestrator.ops.replay import ReplayAction
+from orchestrator.ops.service import Operations
 from tests.conftest import count_jobs, test_settings, wait_until
 
 
@@ -87,7 +89,7 @@ def test_first_dlq_page_of_10000_is_fast_and_uses_the_index(orch: Any) -> None:
     """With 10,000 dead jobs, the first page comes back in under 200 ms, newest first, from an
     index scan on jobs_dead_created_idx with no sort; the next page continues without overlap."""
     _seed_dead(orch, 10_000)
-    ops = Operations(orch)
+    ops = Operations.from_orchestrator(orch)
     ops.list_dead(JobFilter(), limit=50)  # warm the pool connection and the plan cache
     timings = []
     for _ in range(5):
@@ -121,7 +123,7 @@ def test_jobs_list_filters_and_pages(orch: Any) -> None:
     """jobs list filters by state and error code and pages by cursor through every match."""
     _seed_dead(orch, 120, error_code="card_declined")
     _charge(orch, "live-1")
-    ops = Operations(orch)
+    ops = Operations.from_orchestrator(orch)
     pending = ops.list_jobs(JobFilter.parse(state="pending"))
     assert [j.idempotency_key for j in pending.jobs] == ["live-1"]
     seen: list[str] = []
@@ -179,7 +181,7 @@ def test_replay_after_unsaved_failures_keeps_the_key(
     dead = _die(one_shot, job.id)
     assert dead.dead_reason == "attempts_exhausted"
     simulator.set_faults("stripe")
-    result = Operations(orch).replay(job.id, "cli:alice", reason="stripe fixed")
+    result = Operations.from_orchestrator(orch).replay(job.id, "cli:alice", reason="stripe fixed")
     assert result.action is ReplayAction.REPLAY and result.key_generation == 0
     replayed = orch.job(job.id)
     assert replayed.state is JobState.PENDING
@@ -187,7 +189,7 @@ def test_replay_after_unsaved_failures_keeps_the_key(
     assert replayed.attempts == 1 and replayed.max_attempts == 1 + orch.settings.max_attempts
     _succeed(one_shot, job.id)
     assert len(simulator.payment_intents()) == 1
-    actions = Operations(orch).show(job.id).actions
+    actions = Operations.from_orchestrator(orch).show(job.id).actions
     assert [(a["actor"], a["action"], a["reason"]) for a in actions] == [
         (
             "cli:alice",
@@ -210,7 +212,7 @@ def test_replay_after_saved_500_uses_the_next_generation(
     simulator.set_faults("stripe", rate_500=1.0)
     job = _charge(one_shot, "r500")
     _die(one_shot, job.id, simulator)
-    ops = Operations(orch)
+    ops = Operations.from_orchestrator(orch)
     result = ops.replay(job.id, "cli:bob")
     assert result.action is ReplayAction.REPLAY and result.key_generation == 1, result
     _succeed(one_shot, job.id)
@@ -230,13 +232,13 @@ def test_replay_adopts_a_success_the_provider_already_holds(
     _die(one_shot, job.id, simulator, search_lag_s=3600)
     simulator.set_faults("stripe")
     posts_before = len([r for r in simulator.requests_log() if r["method"] == "POST"])
-    result = Operations(orch).replay(job.id, "cli:carol")
+    result = Operations.from_orchestrator(orch).replay(job.id, "cli:carol")
     assert result.action is ReplayAction.ADOPT
     done = orch.job(job.id)
     assert done.state is JobState.SUCCEEDED
     assert done.provider_ref == simulator.payment_intents()[0]["id"]
     assert len([r for r in simulator.requests_log() if r["method"] == "POST"]) == posts_before
-    assert Operations(orch).show(job.id).actions[0]["action"] == "dlq.adopt"
+    assert Operations.from_orchestrator(orch).show(job.id).actions[0]["action"] == "dlq.adopt"
 
 
 def test_replay_waits_while_search_cannot_prove_absence(
@@ -256,7 +258,7 @@ def test_replay_waits_while_search_cannot_prove_absence(
         store=orch.store,
         broker=orch.broker,
     )
-    result = Operations(slow).replay(job.id, "cli:dave")
+    result = Operations.from_orchestrator(slow).replay(job.id, "cli:dave")
     assert result.action is ReplayAction.SKIP and "search" in result.reason
     assert orch.job(job.id).state is JobState.DEAD
 
@@ -267,8 +269,8 @@ def test_discard_requires_a_reason_and_is_audited(orch: Any) -> None:
     from orchestrator.errors import InvalidOperation, ValidationError
 
     _seed_dead(orch, 1)
-    job = Operations(orch).list_dead(JobFilter()).jobs[0]
-    ops = Operations(orch)
+    ops = Operations.from_orchestrator(orch)
+    job = ops.list_dead(JobFilter()).jobs[0]
     with pytest.raises(ValidationError):
         ops.discard(job.id, "cli:erin", "  ")
     assert ops.discard(job.id, "cli:erin", "customer cancelled").state is JobState.CANCELLED
@@ -401,7 +403,7 @@ def test_bulk_replay_of_1000_dead_charges_after_the_fault_is_fixed(
     worker.start()
     try:
         started = time.perf_counter()
-        report = Operations(orch).replay_matching(
+        report = Operations.from_orchestrator(orch).replay_matching(
             JobFilter.parse(provider="stripe", kind="charge"), "cli:bulk", rate_per_s=1000
         )
         replay_s = time.perf_counter() - started
@@ -431,7 +433,7 @@ def test_a_message_dead_lettered_by_dramatiq_shows_up_and_its_job_is_resent(orch
     job gets a new message."""
     import redis
 
-    from orchestrator.deadletters import recent_dead_letters, xq_keys
+    from orchestrator.maintenance.deadletters import recent_dead_letters, xq_keys
 
     job = _charge(orch, "xq-1")  # pending, its message queued
     orch.dispatcher.flush()  # sent from the background thread: wait for it

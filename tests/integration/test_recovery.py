@@ -14,7 +14,7 @@ import redis
 
 from orchestrator import JobState
 from orchestrator.api import Orchestrator
-from orchestrator.clock import Clock
+from orchestrator.maintenance.clock import Clock
 from tests.conftest import count_jobs, test_settings, wait_until
 from tests.processes import clock_args, settings_env, spawn, wait_for_log, worker_args
 

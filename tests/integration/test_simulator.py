@@ -13,7 +13,7 @@ import requests
 import sendgrid
 import stripe
 
-from orchestrator.simulator import Simulator, SimulatorControl
+from orchestrator.dev.simulator import Simulator, SimulatorControl
 
 STRIPE_KEY = "sk_test_sim"
 SENDGRID_KEY = "SG.sim"
@@ -32,34 +32,48 @@ def _fresh(sim: Simulator) -> None:
 
 
 def stripe_client(
-    sim: Simulator, api_key: str = STRIPE_KEY, timeout: tuple[float, float] = (2, 5)
+    sim: Simulator,
+    api_key: str = STRIPE_KEY,
+    timeout: tuple[float, float] = (2, 5),
+    account: str | None = None,
 ) -> stripe.StripeClient:
     return stripe.StripeClient(
         api_key,
+        stripe_account=account,
         base_addresses={"api": sim.url},
         http_client=stripe.RequestsClient(timeout=timeout),
         max_network_retries=0,
     )
 
 
+# A server-side, off-session charge as Stripe documents it: no customer present, so no
+# redirects and no return_url.
+OFF_SESSION: dict[str, Any] = {
+    "off_session": True,
+    "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+}
+
+
 def create_pi(
     client: stripe.StripeClient,
-    key: str,
+    key: str | None,
     *,
     amount: int = 1000,
     payment_method: str = "pm_card_visa",
     job_id: str = "job-1",
+    **extra: Any,
 ) -> stripe.PaymentIntent:
-    return client.v1.payment_intents.create(
-        {
-            "amount": amount,
-            "currency": "eur",
-            "payment_method": payment_method,
-            "confirm": True,
-            "metadata": {"orchestrator_job_id": job_id},
-        },
-        options={"idempotency_key": key},
-    )
+    params: dict[str, Any] = {
+        "amount": amount,
+        "currency": "eur",
+        "payment_method": payment_method,
+        "confirm": True,
+        "metadata": {"orchestrator_job_id": job_id},
+        **OFF_SESSION,
+    }
+    params.update(extra)
+    options: dict[str, Any] = {} if key is None else {"idempotency_key": key}
+    return client.v1.payment_intents.create(params, options=options)  # type: ignore[arg-type]
 
 
 def mail_body(**overrides: Any) -> dict[str, Any]:
@@ -104,16 +118,21 @@ def test_same_key_same_params_is_replayed(sim: Simulator) -> None:
     ("fault", "expected_pis"), [("rate_500", 0), ("rate_500_after_execute", 1)]
 )
 def test_saved_500_is_replayed_for_same_key(sim: Simulator, fault: str, expected_pis: int) -> None:
-    """A 500 is saved against the key: the retry gets the same 500 without re-executing."""
+    """A 500 is saved against the key: the retry gets the same 500 without re-executing.
+
+    rate_500 executed nothing; rate_500_after_execute created the intent (list finds it)."""
     client = stripe_client(sim)
     sim.set_faults("stripe", first_try_only=True, **{fault: 1.0})
     for _ in range(2):
         with pytest.raises(stripe.APIError) as exc_info:
-            create_pi(client, "k-500")
+            create_pi(client, "k-500", customer="cus_500")
         assert exc_info.value.http_status == 500
-    assert len(sim.payment_intents()) == expected_pis
     log = sim.requests_log()
     assert [(e["fault"], e["replayed"]) for e in log] == [(fault, False), (None, True)]
+    sim.set_faults("stripe")
+    listed = client.v1.payment_intents.list({"customer": "cus_500"})
+    assert len(listed.data) == expected_pis
+    assert len(sim.payment_intents()) == expected_pis
 
 
 def test_same_key_other_params_is_idempotency_error(sim: Simulator) -> None:
@@ -295,6 +314,307 @@ def test_unknown_route_is_stripe_shaped_404(sim: Simulator) -> None:
         stripe_client(sim).v1.payment_intents.retrieve("pi_doesnotexist")
     assert exc_info.value.http_status == 404
     assert exc_info.value.code == "resource_missing"
+
+
+# ------------------------------------------------------------------ stripe: documented behaviour
+
+RETURN_URL = "https://shop.example.com/checkout/done"
+
+
+def intent_params(**overrides: Any) -> Any:
+    """A confirmed create without any payment-method configuration (the API's defaults)."""
+    params: dict[str, Any] = {
+        "amount": 1000,
+        "currency": "eur",
+        "payment_method": "pm_card_visa",
+        "confirm": True,
+    }
+    params.update(overrides)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def test_confirm_with_automatic_payment_methods_requires_return_url(sim: Simulator) -> None:
+    """confirm=true with automatic payment methods that allow redirects needs a return_url."""
+    client = stripe_client(sim)
+    for shape in (
+        {},  # neither automatic_payment_methods nor payment_method_types: automatic is on
+        {"automatic_payment_methods": {"enabled": True}},
+        {"automatic_payment_methods": {"enabled": True, "allow_redirects": "always"}},
+    ):
+        with pytest.raises(stripe.InvalidRequestError) as exc_info:
+            client.v1.payment_intents.create(
+                intent_params(**shape),
+                options={"idempotency_key": "k-return-url"},
+            )
+        assert exc_info.value.http_status == 400
+        assert exc_info.value.param == "return_url"
+        assert str(exc_info.value.user_message).startswith("A `return_url` must be specified")
+        assert "`automatic_payment_methods[allow_redirects]` to `never`" in str(
+            exc_info.value.user_message
+        )
+    assert sim.payment_intents() == []
+    # Not saved against the key: the same key with an accepted shape executes.
+    never = {"automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}}
+    pi = client.v1.payment_intents.create(
+        intent_params(**never),
+        options={"idempotency_key": "k-return-url"},
+    )
+    assert pi.status == "succeeded"
+    assert pi.automatic_payment_methods is not None
+    assert pi.automatic_payment_methods.allow_redirects == "never"
+    with_url = client.v1.payment_intents.create(intent_params(return_url=RETURN_URL))
+    assert with_url.status == "succeeded"
+    typed = client.v1.payment_intents.create(intent_params(payment_method_types=["card"]))
+    assert typed.status == "succeeded" and typed.payment_method_types == ["card"]
+    assert typed.automatic_payment_methods is None
+    unconfirmed = client.v1.payment_intents.create(intent_params(confirm=None))
+    assert unconfirmed.status == "requires_confirmation"
+
+
+def test_payment_method_configuration_and_confirm_only_params(sim: Simulator) -> None:
+    """Both configurations at once, confirm-only params without confirm, bad allow_redirects."""
+    client = stripe_client(sim)
+    bad: list[tuple[dict[str, Any], str | None, str]] = [
+        (
+            {"automatic_payment_methods": {"enabled": True}, "payment_method_types": ["card"]},
+            None,
+            "You may only specify one of these parameters: automatic_payment_methods, "
+            "payment_method_types.",
+        ),
+        ({"confirm": None, "return_url": RETURN_URL}, "return_url", "confirm=true"),
+        ({"confirm": None, "off_session": True}, "off_session", "confirm=true"),
+        (
+            {"automatic_payment_methods": {"enabled": True, "allow_redirects": "sometimes"}},
+            "automatic_payment_methods[allow_redirects]",
+            "always, never",
+        ),
+        ({"capture_method": "later", **OFF_SESSION}, "capture_method", "manual"),
+    ]
+    for params, param, message in bad:
+        with pytest.raises(stripe.InvalidRequestError) as exc_info:
+            client.v1.payment_intents.create(intent_params(**params))
+        assert exc_info.value.http_status == 400
+        assert exc_info.value.param == param
+        assert message in str(exc_info.value.user_message)
+    assert sim.payment_intents() == []
+
+
+def test_off_session_authentication_required_is_a_saved_card_error(sim: Simulator) -> None:
+    """A card needing 3DS, charged off-session: 402 authentication_required, saved and replayed."""
+    client = stripe_client(sim)
+    errors: list[stripe.CardError] = []
+    for _ in range(2):
+        with pytest.raises(stripe.CardError) as exc_info:
+            create_pi(client, "k-3ds-off", payment_method="pm_card_authenticationRequired")
+        errors.append(exc_info.value)
+    err = errors[0]
+    assert err.http_status == 402 and err.code == "authentication_required"
+    assert err.user_message == "Your card was declined. This transaction requires authentication."
+    assert err.error is not None and err.error.decline_code == "authentication_required"
+    pi = err.error.payment_intent
+    assert pi is not None and pi.status == "requires_payment_method"
+    assert pi.last_payment_error is not None
+    assert pi.last_payment_error.code == "authentication_required"
+    assert errors[1].headers is not None and errors[1].headers["Idempotent-Replayed"] == "true"
+    assert len(sim.payment_intents()) == 1
+
+
+def test_on_session_authentication_redirects_to_return_url(sim: Simulator) -> None:
+    """On-session, the same card leaves the intent requires_action with a redirect_to_url."""
+    client = stripe_client(sim)
+    pi = client.v1.payment_intents.create(
+        intent_params(payment_method="pm_card_authenticationRequired", return_url=RETURN_URL)
+    )
+    assert pi.status == "requires_action"
+    assert pi.client_secret is not None and pi.client_secret.startswith(f"{pi.id}_secret_")
+    assert pi.next_action is not None and pi.next_action.type == "redirect_to_url"
+    redirect = pi.next_action.redirect_to_url
+    assert redirect is not None and redirect.return_url == RETURN_URL
+    assert redirect.url is not None and redirect.url.startswith("https://")
+    plain = create_pi(client, None)
+    assert plain.client_secret is not None and plain.client_secret.startswith(f"{plain.id}_")
+
+
+def test_pass_through_fields_are_stored_and_returned(sim: Simulator) -> None:
+    """Descriptive and Connect fields round-trip; application_fee_amount needs Connect."""
+    client = stripe_client(sim)
+    default = create_pi(client, None)
+    assert default.capture_method == "automatic_async" and default["off_session"] is True
+    assert default.payment_method_types == ["card"]
+    pi = create_pi(
+        client,
+        "k-fields",
+        capture_method="automatic",
+        statement_descriptor_suffix="ORDER 42",
+        receipt_email="alice@example.com",
+        description="Order 42",
+        on_behalf_of="acct_seller1",
+        transfer_data={"destination": "acct_seller1"},
+        application_fee_amount=123,
+    )
+    fetched = client.v1.payment_intents.retrieve(pi.id)
+    for obj in (pi, fetched):
+        assert obj.capture_method == "automatic"
+        assert obj.statement_descriptor_suffix == "ORDER 42"
+        assert obj.receipt_email == "alice@example.com" and obj.description == "Order 42"
+        assert obj.on_behalf_of == "acct_seller1" and obj.application_fee_amount == 123
+        assert obj.transfer_data is not None and obj.transfer_data.destination == "acct_seller1"
+    with pytest.raises(stripe.InvalidRequestError) as no_connect:
+        create_pi(client, "k-fee", application_fee_amount=100)
+    assert no_connect.value.param == "application_fee_amount"
+    direct = create_pi(
+        stripe_client(sim, account="acct_direct1"), "k-fee", application_fee_amount=0
+    )
+    assert direct.application_fee_amount == 0
+
+
+def test_manual_capture_capture_and_cancel(sim: Simulator) -> None:
+    """capture_method=manual authorizes; capture (partial) and cancel follow Stripe's states."""
+    client = stripe_client(sim)
+    pi = create_pi(client, "k-auth-only", capture_method="manual")
+    assert pi.status == "requires_capture"
+    assert pi.amount_capturable == 1000 and pi.amount_received == 0
+    with pytest.raises(stripe.InvalidRequestError) as too_much:
+        client.v1.payment_intents.capture(pi.id, {"amount_to_capture": 1001})
+    assert too_much.value.param == "amount_to_capture"
+    captured = client.v1.payment_intents.capture(
+        pi.id, {"amount_to_capture": 600}, options={"idempotency_key": "k-capture"}
+    )
+    assert captured.status == "succeeded"
+    assert captured.amount_received == 600 and captured.amount_capturable == 0
+    again = client.v1.payment_intents.capture(
+        pi.id, {"amount_to_capture": 600}, options={"idempotency_key": "k-capture"}
+    )
+    assert again.amount_received == 600  # replayed
+    for action in (client.v1.payment_intents.capture, client.v1.payment_intents.cancel):
+        with pytest.raises(stripe.InvalidRequestError) as wrong_state:
+            action(pi.id)
+        assert wrong_state.value.http_status == 400
+        assert wrong_state.value.code == "payment_intent_unexpected_state"
+    assert client.v1.refunds.create({"payment_intent": pi.id}).amount == 600
+    held = create_pi(client, None, capture_method="manual")
+    canceled = client.v1.payment_intents.cancel(
+        held.id, {"cancellation_reason": "requested_by_customer"}
+    )
+    assert canceled.status == "canceled" and canceled.amount_capturable == 0
+    assert canceled.cancellation_reason == "requested_by_customer"
+    assert canceled.canceled_at is not None
+    unconfirmed = client.v1.payment_intents.create(intent_params(confirm=None))
+    assert client.v1.payment_intents.cancel(unconfirmed.id).status == "canceled"
+
+
+def test_stripe_account_scopes_objects_and_idempotency_keys(sim: Simulator) -> None:
+    """Objects live in their Connect account; keys are scoped per (API key, account)."""
+    platform = stripe_client(sim)
+    seller = stripe_client(sim, account="acct_sellerA")
+    other = stripe_client(sim, account="acct_sellerB")
+    mine = create_pi(seller, "k-scoped", customer="cus_1", job_id="job-scoped")
+    assert seller.v1.payment_intents.retrieve(mine.id).id == mine.id
+    for client in (platform, other):
+        with pytest.raises(stripe.InvalidRequestError) as missing:
+            client.v1.payment_intents.retrieve(mine.id)
+        assert missing.value.http_status == 404 and missing.value.code == "resource_missing"
+        assert client.v1.payment_intents.list({"customer": "cus_1"}).data == []
+        query = {"query": "metadata['orchestrator_job_id']:'job-scoped'"}
+        assert client.v1.payment_intents.search(query).data == []  # type: ignore[arg-type]
+    assert [p.id for p in seller.v1.payment_intents.list({"customer": "cus_1"}).data] == [mine.id]
+    assert create_pi(seller, "k-scoped", customer="cus_1", job_id="job-scoped").id == mine.id
+    on_platform = create_pi(platform, "k-scoped", customer="cus_1", job_id="job-scoped")
+    assert on_platform.id != mine.id  # same key, other account: executed again
+    refund = seller.v1.refunds.create({"payment_intent": mine.id, "amount": 100})
+    with pytest.raises(stripe.InvalidRequestError):
+        platform.v1.refunds.retrieve(refund.id)
+    with pytest.raises(stripe.InvalidRequestError):
+        platform.v1.refunds.create({"payment_intent": mine.id})
+    assert platform.v1.refunds.list().data == []
+    assert [r.id for r in seller.v1.refunds.list().data] == [refund.id]
+    with pytest.raises(stripe.PermissionError):
+        stripe_client(sim, account="not-an-account").v1.payment_intents.list()
+
+
+def test_list_payment_intents_filters_pages_and_auto_paging(sim: Simulator) -> None:
+    """List: customer and created[...] filters, newest first, cursors, no search lag."""
+    client = stripe_client(sim)
+    sim.set_faults("stripe", search_lag_s=3600)  # list is strongly consistent anyway
+    created: list[stripe.PaymentIntent] = []
+    for index in range(5):
+        created.append(create_pi(client, None, customer="cus_list" if index % 2 == 0 else None))
+        sim.advance_clock(10)
+    create_pi(client, None, customer="cus_other")
+    newest_first = [p.id for p in reversed(created)]
+    first = client.v1.payment_intents.list({"limit": 2})
+    assert first.has_more and len(first.data) == 2
+    all_ids = [p.id for p in client.v1.payment_intents.list({"limit": 2}).auto_paging_iter()]
+    assert all_ids[1:] == newest_first and len(all_ids) == 6
+    customer = client.v1.payment_intents.list({"customer": "cus_list"})
+    assert [p.id for p in customer.data] == [created[4].id, created[2].id, created[0].id]
+    assert not customer.has_more
+    pivot = created[2].created
+    assert [p.id for p in client.v1.payment_intents.list({"created": {"gte": pivot}}).data][
+        1:
+    ] == newest_first[:3]
+    assert [p.id for p in client.v1.payment_intents.list({"created": {"gt": pivot}}).data][
+        1:
+    ] == newest_first[:2]
+    assert [p.id for p in client.v1.payment_intents.list({"created": {"lt": pivot}}).data] == (
+        newest_first[3:]
+    )
+    lte = client.v1.payment_intents.list({"created": {"lte": pivot}, "customer": "cus_list"})
+    assert [p.id for p in lte.data] == [created[2].id, created[0].id]
+    after = client.v1.payment_intents.list({"starting_after": created[3].id, "limit": 2})
+    assert [p.id for p in after.data] == [created[2].id, created[1].id] and after.has_more
+    before = client.v1.payment_intents.list({"ending_before": created[1].id, "limit": 2})
+    assert [p.id for p in before.data] == [created[3].id, created[2].id] and before.has_more
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.payment_intents.list({"limit": 101})
+    refund_old = client.v1.refunds.create({"payment_intent": created[0].id})
+    sim.advance_clock(10)
+    refund_new = client.v1.refunds.create({"payment_intent": created[1].id})
+    since = client.v1.refunds.list({"created": {"gt": refund_old.created}})
+    assert [r.id for r in since.data] == [refund_new.id]
+    until = client.v1.refunds.list({"created": {"lte": refund_old.created}})
+    assert [r.id for r in until.data] == [refund_old.id]
+
+
+def test_idempotency_key_expires_after_24_hours(sim: Simulator) -> None:
+    """A key replays for 24 h of simulated time, then the same request executes again."""
+    client = stripe_client(sim)
+    control = SimulatorControl(sim.url)
+    first = create_pi(client, "k-expiry")
+    control.advance_clock(24 * 3600 - 5)
+    assert create_pi(client, "k-expiry").id == first.id
+    control.advance_clock(5)
+    second = create_pi(client, "k-expiry")
+    assert second.id != first.id
+    assert second.created >= first.created + 24 * 3600
+    assert create_pi(client, "k-expiry").id == second.id
+    assert len(sim.payment_intents()) == 2
+    control.close()
+
+
+def test_search_lag_is_measured_on_the_simulated_clock(sim: Simulator) -> None:
+    """An intent hidden from search by the lag appears once the clock has moved past it."""
+    client = stripe_client(sim)
+    sim.set_faults("stripe", search_lag_s=900)
+    pi = create_pi(client, "k-lag", job_id="job-lag")
+    query = {"query": "metadata['orchestrator_job_id']:'job-lag'"}
+    assert client.v1.payment_intents.search(query).data == []  # type: ignore[arg-type]
+    sim.advance_clock(901)
+    found = client.v1.payment_intents.search(query)  # type: ignore[arg-type]
+    assert [p.id for p in found.data] == [pi.id]
+
+
+def test_clock_control_endpoint(sim: Simulator) -> None:
+    """POST /_sim/clock advances the clock, rejects bad input; reset() sets it back."""
+    url = f"{sim.url}/_sim/clock"
+    assert requests.post(url, json={"advance_s": 60}, timeout=2).json()["offset_s"] == 60
+    assert requests.post(url, json={"advance_s": -1}, timeout=2).status_code == 400
+    assert requests.post(url, json={"seconds": 1}, timeout=2).status_code == 400
+    assert requests.get(url, timeout=2).json()["offset_s"] == 60
+    pi = create_pi(stripe_client(sim), None)
+    assert pi.created >= int(time.time()) + 59
+    sim.reset()
+    assert requests.get(url, timeout=2).json()["offset_s"] == 0
 
 
 # --------------------------------------------------------------------------- sendgrid

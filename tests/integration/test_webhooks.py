@@ -24,7 +24,7 @@ import uvicorn
 
 from orchestrator import webhooks
 from orchestrator.api import Orchestrator
-from orchestrator.clock import Clock
+from orchestrator.maintenance.clock import Clock
 from orchestrator.models import JobState
 from orchestrator.web import create_app
 from tests.conftest import test_settings, wait_until

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.demo import _ledger_mismatches, objects_per_job, percentile
-from orchestrator.devstack import DEV_STRIPE_KEY, read_procfile, stack_environment
+from orchestrator.dev.demo import _ledger_mismatches, objects_per_job, percentile
+from orchestrator.dev.devstack import DEV_STRIPE_KEY, read_procfile, stack_environment
 
 
 def test_percentile_is_nearest_rank() -> None:

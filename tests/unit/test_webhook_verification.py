@@ -8,8 +8,9 @@ import time
 import pytest
 import stripe
 
-from orchestrator.simulator import sign_webhook
-from orchestrator.webhooks import WebhookRejected, parse_event, signed_at, verify_signature
+from orchestrator.dev.simulator import sign_webhook
+from orchestrator.providers.stripe.webhooks import parse_event, signed_at, verify_signature
+from orchestrator.webhooks.events import WebhookRejected
 
 SECRET = "whsec_unitSecret"
 BODY = json.dumps({"id": "evt_1", "type": "t", "data": {"object": {"id": "pi_1"}}}).encode()

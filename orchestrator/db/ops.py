@@ -1,0 +1,112 @@
+"""The operators' store: listings, replay / adopt / discard, the audit trail, metrics' reads,
+broker dead letters and the demo's read-outs (``queries/ops.sql``). Shares the job store's pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from orchestrator.db.pool import Queries, Row, connect, q
+from orchestrator.models import Job
+
+
+class OpsStore(Queries):
+    """One named statement a method; listings page by keyset on (created_at, id)."""
+
+    # -- listings --------------------------------------------------------------------------
+
+    def page_jobs(self, args: dict[str, Any], *, dead_only: bool) -> list[Job]:
+        rows = self._all("ops_list_dead" if dead_only else "ops_list_jobs", args)
+        return [Job.from_row(r) for r in rows]
+
+    def count_dead(self, args: dict[str, Any]) -> int:
+        return self._count("ops_count_dead", args)
+
+    def actions_for(self, target: str) -> list[Row]:
+        """The audit trail of one target (a job id or a provider name), oldest first."""
+        return self._all("ops_actions_for_target", {"target": target})
+
+    def attempts_per_minute(self, window_s: float) -> list[Row]:
+        return self._all("ops_attempts_per_minute", {"window_s": window_s})
+
+    def now(self) -> datetime:
+        row = self._one("db_now")
+        assert row is not None
+        now: datetime = row["db_now"]
+        return now
+
+    # -- moves, each audited in the same statement ----------------------------------------
+
+    def adopt(self, args: dict[str, Any]) -> Job | None:
+        return _job(self._one("ops_adopt_job", _json(args, "details")))
+
+    def replay(self, args: dict[str, Any]) -> Job | None:
+        return _job(self._one("ops_replay_job", _json(args, "details")))
+
+    def discard(self, args: dict[str, Any]) -> Job | None:
+        return _job(self._one("ops_discard_job", _json(args, "details")))
+
+    def audit(
+        self, actor: str, action: str, target: str, reason: str | None, details: dict[str, Any]
+    ) -> None:
+        args = {
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "reason": reason,
+            "details": Jsonb(details),
+        }
+        self._one("ops_audit", args)
+
+    # -- metrics and broker dead letters ---------------------------------------------------
+
+    def attempt_outcomes(self, window_s: float) -> list[Row]:
+        return self._all("metrics_attempt_outcomes", {"window_s": window_s})
+
+    def attempt_latency(self, window_s: float, bounds_ms: list[int]) -> list[Row]:
+        return self._all("metrics_attempt_latency", {"window_s": window_s, "bounds_ms": bounds_ms})
+
+    def dead_letters_by_action(self) -> dict[str, int]:
+        return {r["action"]: int(r["n"]) for r in self._all("broker_dead_letters_by_action")}
+
+    def recent_dead_letters(self, limit: int) -> list[Row]:
+        return self._all("broker_dead_letters_recent", {"limit": limit})
+
+    # -- the demo's read-outs --------------------------------------------------------------
+
+    def demo_states(self, ids: list[str]) -> list[Row]:
+        return self._all("demo_states", {"ids": ids})
+
+    def demo_jobs(self, ids: list[str]) -> list[Row]:
+        return self._all("demo_jobs", {"ids": ids})
+
+
+def _job(row: Row | None) -> Job | None:
+    return Job.from_row(row) if row else None
+
+
+def _json(args: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**args, name: Jsonb(args[name])}
+
+
+@contextmanager
+def audited(
+    url: str, actor: str, action: str, target: str, reason: str, details: dict[str, Any]
+) -> Iterator[None]:
+    """Record an operator's action and do it: the audit row commits only if the body returns
+    (for actions outside PostgreSQL, such as a breaker override in Redis)."""
+    args = {
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "reason": reason,
+        "details": Jsonb(details),
+    }
+    with connect(url) as conn:
+        conn.execute(q("ops_audit"), args)
+        yield

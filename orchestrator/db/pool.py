@@ -1,0 +1,208 @@
+"""PostgreSQL plumbing: connections, the pool, the named queries, the schema, advisory locks.
+
+SQL text lives only in ``schema.sql`` and ``orchestrator/db/queries/*.sql`` (loaded once, by
+name); the three modules of this package are the only code that executes it. Parameters are
+always bound, never formatted in; the few statements that take an identifier (a database
+name) quote it with :mod:`psycopg.sql`.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any, LiteralString, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from orchestrator.errors import ConfigError
+from orchestrator.logs import get_logger
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+# Serializes concurrent `migrate` runs (any constant unique to this application will do).
+MIGRATE_LOCK_ID = 0x6F726368  # "orch"
+
+log = get_logger(__name__)
+T = TypeVar("T")
+Row = dict[str, Any]
+Conn = psycopg.Connection[Row]
+
+
+@cache
+def queries() -> dict[str, LiteralString]:
+    """Parse every ``queries/*.sql`` into {name: sql}, once per process."""
+    named: dict[str, LiteralString] = {}
+    for path in sorted(QUERIES_DIR.glob("*.sql")):
+        parts = re.split(r"^-- name: (\w+)\s*$", path.read_text(), flags=re.MULTILINE)
+        for i in range(1, len(parts), 2):
+            if parts[i] in named:
+                raise ConfigError(f"query {parts[i]} is defined twice ({path.name})")
+            named[parts[i]] = parts[i + 1].strip()
+    return named
+
+
+def q(name: str) -> LiteralString:
+    return queries()[name]
+
+
+def connect(url: str, *, autocommit: bool = False) -> Conn:
+    return psycopg.connect(url, row_factory=dict_row, autocommit=autocommit)
+
+
+def make_pool(url: str, *, max_size: int, min_size: int = 1) -> ConnectionPool[Conn]:
+    pool_ref: list[ConnectionPool[Conn]] = []
+
+    def check(conn: Conn) -> None:
+        """Check a connection on checkout; on failure, sweep every idle one at once.
+
+        An idle connection has nothing to read: when the server closes one (a restart,
+        ``pg_terminate_backend``, an idle timeout) its socket turns readable with the goodbye.
+        Only then is the round trip of a real check spent, so the hot path pays a zero-timeout
+        ``select`` instead. psycopg_pool backs off exponentially (1 s, 2 s, 4 s, ...) between
+        failed checks, so after a server restart a client would wait out one back-off per dead
+        connection: checking the whole pool on the first failure replaces them all at once.
+        """
+        if not _has_pending_input(conn):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            if pool_ref:
+                pool_ref[0].check()
+            raise
+
+    pool: ConnectionPool[Conn] = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=True,
+        # Autocommit: a one-statement method costs two round trips (the pool's check and the
+        # statement), not four (check, BEGIN, statement, COMMIT). Multi-statement work goes
+        # through Store.connection(), which opens an explicit transaction.
+        kwargs={"row_factory": dict_row, "autocommit": True},
+        connection_class=psycopg.Connection,
+        check=check,
+        name="orchestrator",
+    )
+    pool_ref.append(pool)
+    return pool
+
+
+def _has_pending_input(conn: Conn) -> bool:
+    """True when the server sent something to an idle connection (or the socket is gone)."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return bool(readable)
+
+
+def migrate(url: str) -> None:
+    """Apply ``schema.sql`` (idempotent), serialized by an advisory lock."""
+    if not SCHEMA_PATH.exists():
+        raise ConfigError(f"schema file not found at {SCHEMA_PATH}")
+    schema: LiteralString = SCHEMA_PATH.read_text()
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_ID,))
+        try:
+            with conn.transaction():
+                conn.execute(schema)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_ID,))
+
+
+def try_advisory_lock(conn: Conn, lock_id: int) -> bool:
+    """Take a session-level advisory lock if it is free; it lasts as long as ``conn``."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,)).fetchone()
+    return bool(row and row["ok"])
+
+
+def listen(conn: Conn, channel: LiteralString) -> None:
+    """Subscribe an autocommit ``conn`` to NOTIFY on ``channel`` (delivered at commit only)."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+def create_database(admin_url: str, name: str, *, replace: bool = False) -> None:
+    """Create database ``name`` on the server of ``admin_url`` (dropping it first with
+    ``replace``); an existing one is kept otherwise."""
+    with connect(admin_url, autocommit=True) as admin:
+        if replace:
+            drop_database(admin_url, name, conn=admin)
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(admin_url: str, name: str, *, conn: Conn | None = None) -> None:
+    """Drop database ``name`` if it exists, closing its sessions."""
+    stmt = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    if conn is not None:
+        conn.execute(stmt)
+        return
+    with connect(admin_url, autocommit=True) as admin:
+        admin.execute(stmt)
+
+
+def server_version(url: str) -> str:
+    with connect(url) as conn:
+        row = conn.execute("SHOW server_version AS v").fetchone()
+    return str(row["v"]) if row else "?"
+
+
+class Queries:
+    """Named queries over a pool: the base of :class:`~orchestrator.db.store.Store` and
+    :class:`~orchestrator.db.ops.OpsStore`, which share one pool."""
+
+    def __init__(self, pool: ConnectionPool[Conn]) -> None:
+        self.pool = pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Conn]:
+        """A pooled connection inside one transaction: committed at exit, rolled back on error."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def retrying(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` on an autocommit connection; if that connection turns out to be broken
+        (the server killed it between the checkout check and the statement), run it again on
+        another.
+
+        Only for work that is safe to repeat: single compare-and-set statements and
+        insert-or-get. A statement that fails on a broken connection almost always never ran;
+        if it did commit, the repeat finds its row gone from the expected state (or the key
+        taken) and says so, exactly as a lost race would.
+        """
+        for _ in range(self.pool.max_size):
+            with self.pool.connection() as conn:
+                try:
+                    return work(conn)
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    log.warning("store.connection_broken", action="retrying on another")
+        with self.pool.connection() as conn:
+            return work(conn)
+
+    # -- one statement, retried on a broken connection -------------------------------------
+
+    def _one(self, name: str, args: dict[str, Any] | None = None) -> Row | None:
+        return self.retrying(lambda conn: conn.execute(q(name), args or {}).fetchone())
+
+    def _all(self, name: str, args: dict[str, Any] | None = None) -> list[Row]:
+        return self.retrying(lambda conn: conn.execute(q(name), args or {}).fetchall())
+
+    def _rowcount(self, name: str, args: dict[str, Any]) -> int:
+        return self.retrying(lambda conn: conn.execute(q(name), args).rowcount)
+
+    def _count(self, name: str, args: dict[str, Any] | None = None) -> int:
+        row = self._one(name, args)
+        return int(row["n"]) if row else 0

@@ -1,0 +1,224 @@
+-- Jobs: enqueue, claim, settle, lease expiry, dispatch sweep, refunds' reservation, reads and
+-- retention (orchestrator.db.store.Store).
+-- Parameters are always bound (%(name)s), never formatted in. Each state change checks the
+-- state it expects in its WHERE clause: no row back means another process got there first.
+
+-- name: insert_job
+-- Insert-or-get, step 1: a conflict on the key returns nothing (then job_by_key).
+INSERT INTO jobs (kind, provider, idempotency_key, fingerprint, amount, currency, customer,
+                  payment_method, parent_job_id, params, max_attempts, deadline_at,
+                  changed_by, change_reason, dispatched_at)
+VALUES (%(kind)s, %(provider)s, %(idempotency_key)s, %(fingerprint)s, %(amount)s,
+        %(currency)s, %(customer)s, %(payment_method)s, %(parent_job_id)s, %(params)s,
+        %(max_attempts)s, now() + make_interval(secs => %(horizon_s)s),
+        %(changed_by)s, 'accepted', now())
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING *;
+
+-- name: job_by_key
+SELECT * FROM jobs WHERE idempotency_key = %(idempotency_key)s;
+
+-- name: job_by_id
+SELECT * FROM jobs WHERE id = %(id)s;
+
+-- name: notify_dispatch
+-- Inside a caller's transaction: NOTIFY is delivered at commit only, so the clock's listener
+-- sends the message exactly when the job becomes visible (and never if the caller rolls back).
+SELECT pg_notify('orchestrator_dispatch', %(id)s::text);
+
+-- name: claim_job
+-- Compare-and-set claim: only a due, unclaimed job with attempts left; the lease bounds how
+-- long a dead worker can hold it.
+--
+-- For a provider that honours idempotency keys (%(keyed_providers)s) the claim commits
+-- asynchronously, as settle_job does: if a crash of PostgreSQL loses it, the job is back as it
+-- was, with the same key generation, so whatever the worker sent meanwhile is replayed by the
+-- provider under the same key rather than executed again. A provider without keys (a send)
+-- keeps the synchronous commit: there a lost claim could let the same send out twice.
+-- (CASE, unlike OR, fixes the order: set_config runs only for a keyed provider.)
+UPDATE jobs
+SET state = 'running',
+    attempts = attempts + 1,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    last_attempt_at = now(),
+    changed_by = %(owner)s::text,
+    change_reason = 'claimed for attempt ' || (attempts + 1)
+WHERE id = %(id)s
+  AND state IN ('pending', 'retrying')
+  AND next_attempt_at <= now()
+  AND attempts < max_attempts
+  AND CASE WHEN provider = ANY(%(keyed_providers)s::text[])
+           THEN set_config('synchronous_commit', 'off', true) = 'off'
+           ELSE true END
+RETURNING *, now() AS db_now;
+
+-- name: lease_for_lookup
+-- An unknown or processing job is settled by asking the provider; the lease (without a state
+-- change) keeps two resolvers from racing.
+UPDATE jobs
+SET lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE id = %(id)s
+  AND state IN ('unknown', 'processing')
+  AND next_attempt_at <= now()
+  AND (lease_expires_at IS NULL OR lease_expires_at < now())
+RETURNING *, now() AS db_now;
+
+-- name: settle_job
+-- Move a job held under our lease out of `from_state`, recording the attempt (when one was
+-- made) in the same statement. Data-modifying CTEs always run, so the attempt is recorded
+-- even if the lease was lost meanwhile, which is what happened at the provider.
+--
+-- It commits asynchronously (synchronous_commit = off for this transaction only): the worker
+-- does not wait for the WAL flush. Only a crash of PostgreSQL itself within a fraction of a
+-- second can lose the commit, and then the job is back in `running` under an expired lease:
+-- the clock makes it `unknown` and the lookup adopts what the provider holds. Nothing is
+-- executed twice: Stripe replays the same key, and a send without keys goes `dead`
+-- (ambiguous) rather than out again. The claim, which precedes the provider call, stays
+-- synchronous: losing it could let a send without keys go out twice.
+WITH async_commit AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
+),
+attempt AS (
+    INSERT INTO job_attempts (job_id, attempt, key_generation, provider_key, worker, outcome,
+                              error_class, error_code, http_status, provider_request_id,
+                              provider_ref, duration_ms, started_at)
+    SELECT %(id)s, %(attempt)s::integer, %(attempt_generation)s::integer, %(provider_key)s,
+           %(owner)s, %(outcome)s::attempt_outcome, %(error_class)s, %(error_code)s,
+           %(http_status)s::integer, %(provider_request_id)s, %(provider_ref)s,
+           %(duration_ms)s::integer, %(started_at)s::timestamptz
+    WHERE %(attempt)s::integer IS NOT NULL
+    -- Only after a crash of PostgreSQL lost an asynchronous claim (claim_job) can an attempt
+    -- number come twice: both were calls under the same key, and the first record stands.
+    ON CONFLICT (job_id, attempt) DO NOTHING
+)
+UPDATE jobs
+SET state = %(to_state)s,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+    dispatched_at = CASE WHEN %(dispatching)s THEN now() ELSE dispatched_at END,
+    key_generation = key_generation + %(generation_step)s,
+    -- refund_attempt (0 or 1): the breaker or rate limiter denied the call the claim
+    -- counted, so the attempt it took is given back.
+    attempts = CASE WHEN %(reset_attempts)s THEN 0
+                    ELSE attempts - %(refund_attempt)s::integer END,
+    provider_ref = COALESCE(%(provider_ref)s, provider_ref),
+    provider_status = COALESCE(%(provider_status)s, provider_status),
+    last_error_code = COALESCE(%(error_code)s, last_error_code),
+    last_error = COALESCE(%(error)s, last_error),
+    unknown_cause = %(unknown_cause)s,
+    dead_reason = %(dead_reason)s,
+    changed_by = %(owner)s::text,
+    change_reason = %(reason)s
+WHERE id = %(id)s
+  AND state = %(from_state)s
+  AND lease_owner IS NOT DISTINCT FROM %(lease_owner)s
+  AND (SELECT setting FROM async_commit) = 'off'
+RETURNING state, last_error_code;
+
+-- name: release_lease
+-- Give a leased unknown/processing job back, to be looked at again after `delay_s`.
+UPDATE jobs
+SET lease_owner = NULL,
+    lease_expires_at = NULL,
+    next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+    dispatched_at = now()
+WHERE id = %(id)s AND lease_owner = %(owner)s AND state IN ('unknown', 'processing')
+RETURNING *;
+
+-- name: expire_leases
+-- A running job whose lease passed: its worker died or hung, maybe mid-call. The outcome is
+-- unknown until the provider is asked.
+UPDATE jobs
+SET state = 'unknown',
+    unknown_cause = 'lease_expired',
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    next_attempt_at = now(),
+    changed_by = %(owner)s::text,
+    change_reason = 'lease expired (worker died or hung)'
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
+
+-- name: due_for_dispatch
+-- Jobs due for longer than the grace with no message sent within it: their message was lost
+-- (Redis emptied, a crash between commit and send). Marked as dispatched in the same statement.
+UPDATE jobs
+SET dispatched_at = now()
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+      AND next_attempt_at <= now() - make_interval(secs => %(grace_s)s)
+      AND (dispatched_at IS NULL OR dispatched_at <= now() - make_interval(secs => %(grace_s)s))
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
+
+-- name: job_attempts
+SELECT * FROM job_attempts WHERE job_id = %(id)s ORDER BY attempt;
+
+-- name: job_transitions
+SELECT * FROM job_transitions WHERE job_id = %(id)s ORDER BY id;
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE (%(state)s::job_state IS NULL OR state = %(state)s::job_state)
+  AND (%(kind)s::job_kind IS NULL OR kind = %(kind)s::job_kind)
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+ORDER BY created_at DESC, id
+LIMIT %(limit)s;
+
+-- name: count_by_state
+SELECT state::text AS state, count(*) AS n FROM jobs GROUP BY state ORDER BY state;
+
+-- name: count_expired_leases
+SELECT count(*) AS n FROM jobs WHERE state = 'running' AND lease_expires_at < now();
+
+-- name: count_due_for_dispatch
+SELECT count(*) AS n FROM jobs
+WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+  AND next_attempt_at <= now() - make_interval(secs => %(grace_s)s)
+  AND (dispatched_at IS NULL OR dispatched_at <= now() - make_interval(secs => %(grace_s)s))
+  AND (lease_expires_at IS NULL OR lease_expires_at < now());
+
+-- name: delete_old_attempts
+-- Retention: attempt rows of finished jobs only (never job rows, never live jobs' history).
+DELETE FROM job_attempts
+WHERE id IN (
+    SELECT a.id FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.finished_at < now() - make_interval(days => %(days)s)
+      AND j.state IN ('succeeded', 'failed', 'cancelled')
+    LIMIT %(limit)s
+);
+
+-- name: count_old_attempts
+SELECT count(*) AS n FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.finished_at < now() - make_interval(days => %(days)s)
+  AND j.state IN ('succeeded', 'failed', 'cancelled');
+
+-- name: lock_charge_for_refund
+-- orch.refund(), inside its transaction: lock the charge so concurrent refunds of it queue
+-- here, and read what remains refundable.
+SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
+
+-- name: reserve_refund
+-- Reserve a refund's amount on its charge: only a succeeded charge, and only while the sum of
+-- reservations stays within the charged amount (the CHECK jobs_refunds_within_amount backs it).
+UPDATE jobs
+SET refunded_amount = refunded_amount + %(amount)s
+WHERE id = %(id)s
+  AND kind = 'charge'
+  AND state = 'succeeded'
+  AND refunded_amount + %(amount)s <= amount
+RETURNING *;

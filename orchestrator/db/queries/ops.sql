@@ -1,0 +1,154 @@
+-- Operator surface (orchestrator.db.ops.OpsStore): listings, replay / adopt / discard, the
+-- audit trail, metrics, broker dead letters and the demo's read-outs.
+-- Listings page by keyset on (created_at, id), newest first. The first page passes the
+-- sentinel cursor ('infinity', the largest uuid), so the row comparison is always an index
+-- condition, whatever the page.
+-- Parameters are always bound (%(name)s), never formatted in. Each state change checks the
+-- state it expects in its WHERE clause: no row back means another process got there first.
+
+-- name: ops_list_jobs
+SELECT * FROM jobs
+WHERE (created_at, id) < (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid)
+  AND created_at >= %(created_after)s::timestamptz
+  AND created_at < %(created_before)s::timestamptz
+  AND (%(state)s::job_state IS NULL OR state = %(state)s::job_state)
+  AND (%(kind)s::job_kind IS NULL OR kind = %(kind)s::job_kind)
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+  AND (%(error_code)s::text IS NULL OR last_error_code = %(error_code)s::text)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: ops_list_dead
+-- The DLQ: served by the partial index jobs_dead_created_idx.
+SELECT * FROM jobs
+WHERE state = 'dead'
+  AND (created_at, id) < (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid)
+  AND created_at >= %(created_after)s::timestamptz
+  AND created_at < %(created_before)s::timestamptz
+  AND (%(kind)s::job_kind IS NULL OR kind = %(kind)s::job_kind)
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+  AND (%(error_code)s::text IS NULL OR last_error_code = %(error_code)s::text)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: ops_count_dead
+SELECT count(*) AS n FROM jobs
+WHERE state = 'dead'
+  AND created_at >= %(created_after)s::timestamptz
+  AND created_at < %(created_before)s::timestamptz
+  AND (%(kind)s::job_kind IS NULL OR kind = %(kind)s::job_kind)
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+  AND (%(error_code)s::text IS NULL OR last_error_code = %(error_code)s::text);
+
+-- name: ops_replay_job
+-- dead -> pending with a fresh attempt budget and retry horizon; the application key is
+-- untouched, the provider key generation moves on only by `generation_step` (decided from
+-- the provider's answer, orchestrator.ops.replay.plan_replay). The generation in the WHERE
+-- makes the plan stale-proof. Audited in the same statement.
+-- The budget is fresh, the count is not: attempt numbers stay unique per job
+-- (job_attempts_unique), so the next attempt is attempts + 1 and max_attempts moves up.
+WITH moved AS (
+    UPDATE jobs
+    SET state = 'pending',
+        max_attempts = attempts + %(budget)s,
+        key_generation = key_generation + %(generation_step)s,
+        next_attempt_at = now(),
+        deadline_at = now() + make_interval(secs => %(horizon_s)s),
+        dispatched_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        unknown_cause = NULL,
+        dead_reason = NULL,
+        changed_by = %(actor)s,
+        change_reason = %(reason)s
+    WHERE id = %(id)s AND state = 'dead' AND key_generation = %(expected_generation)s
+      AND attempts + %(budget)s <= 100  -- jobs.max_attempts CHECK
+    RETURNING *
+), audit AS (
+    INSERT INTO operator_actions (actor, action, target, reason, details)
+    SELECT %(actor)s, 'dlq.replay', id::text, %(reason)s, %(details)s FROM moved
+)
+SELECT * FROM moved;
+
+-- name: ops_adopt_job
+-- dead -> succeeded: the provider already holds a successful object for this job.
+WITH moved AS (
+    UPDATE jobs
+    SET state = 'succeeded',
+        provider_ref = %(provider_ref)s,
+        provider_status = %(provider_status)s,
+        dead_reason = NULL,
+        changed_by = %(actor)s,
+        change_reason = %(reason)s
+    WHERE id = %(id)s AND state = 'dead'
+    RETURNING *
+), audit AS (
+    INSERT INTO operator_actions (actor, action, target, reason, details)
+    SELECT %(actor)s, 'dlq.adopt', id::text, %(reason)s, %(details)s FROM moved
+)
+SELECT * FROM moved;
+
+-- name: ops_discard_job
+WITH moved AS (
+    UPDATE jobs
+    SET state = 'cancelled', changed_by = %(actor)s, change_reason = %(reason)s
+    WHERE id = %(id)s AND state = 'dead'
+    RETURNING *
+), audit AS (
+    INSERT INTO operator_actions (actor, action, target, reason, details)
+    SELECT %(actor)s, 'dlq.discard', id::text, %(reason)s, %(details)s FROM moved
+)
+SELECT * FROM moved;
+
+-- name: ops_audit
+INSERT INTO operator_actions (actor, action, target, reason, details)
+VALUES (%(actor)s, %(action)s, %(target)s, %(reason)s, %(details)s)
+RETURNING id;
+
+-- name: db_now
+SELECT now() AS db_now;
+
+-- name: ops_actions_for_target
+SELECT * FROM operator_actions WHERE target = %(target)s ORDER BY id;
+
+-- name: ops_attempts_per_minute
+SELECT date_trunc('minute', finished_at) AS minute, outcome::text AS outcome, count(*) AS n
+FROM job_attempts
+WHERE finished_at >= now() - make_interval(secs => %(window_s)s)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: metrics_attempt_outcomes
+SELECT j.provider, a.outcome::text AS outcome, count(*) AS n
+FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.finished_at >= now() - make_interval(secs => %(window_s)s)
+GROUP BY 1, 2;
+
+-- name: metrics_attempt_latency
+-- width_bucket over upper bounds + 1: bucket i holds durations <= bounds[i] (integers, ms).
+SELECT j.provider, width_bucket(a.duration_ms, %(bounds_ms)s::integer[]) AS bucket,
+       count(*) AS n, sum(a.duration_ms) AS total_ms
+FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.finished_at >= now() - make_interval(secs => %(window_s)s)
+GROUP BY 1, 2;
+
+-- name: broker_dead_letters_recent
+SELECT * FROM broker_dead_letters ORDER BY seen_at DESC, message_id LIMIT %(limit)s;
+
+-- name: broker_dead_letters_by_action
+SELECT action, count(*) AS n FROM broker_dead_letters GROUP BY action;
+
+-- name: demo_states
+-- `orchestrator demo`: its own jobs by kind and state (a dev stack may hold other jobs).
+SELECT kind::text AS kind, state::text AS state, count(*) AS n
+FROM jobs WHERE id = ANY(%(ids)s::uuid[])
+GROUP BY kind, state;
+
+-- name: demo_jobs
+-- `orchestrator demo`: its jobs, with the seconds from acceptance to the final state (NULL
+-- while a job is not final).
+SELECT id::text AS id, kind::text AS kind, state::text AS state, amount, provider_ref,
+       CASE WHEN state IN ('succeeded', 'failed', 'dead', 'cancelled')
+            THEN extract(epoch FROM updated_at - created_at)::float8 END AS settle_s
+FROM jobs
+WHERE id = ANY(%(ids)s::uuid[]);

@@ -1,0 +1,162 @@
+"""The clock: one active scheduler (a PostgreSQL advisory lock) running periodic passes.
+
+``run_once()`` is one pass, which tests and ``orchestrator reconcile --once`` call directly.
+Each task (a :class:`Task`, one module of :mod:`orchestrator.maintenance` each) has
+``run_once() -> int``, how many rows it acted on, and ``preview() -> int`` for ``--dry-run``:
+
+* ``leases_expired`` (:mod:`~orchestrator.maintenance.leases`): ``running`` jobs whose lease
+  passed become ``unknown`` (their worker died, maybe mid-call) and are sent to be resolved;
+* ``dispatched`` (:mod:`~orchestrator.maintenance.dispatch`): due jobs with no message sent
+  within the grace get one: a lost message, Redis emptied, a crash between commit and send;
+* ``attempts_deleted`` (:mod:`~orchestrator.maintenance.retention`): attempt rows of finished
+  jobs past the retention window;
+* ``webhooks_redispatched`` (:mod:`~orchestrator.maintenance.webhooks`): webhook events stored
+  but not processed within the grace get their processing message again;
+* ``webhook_events_deleted`` (:mod:`~orchestrator.maintenance.retention`): settled webhook
+  events past their retention window;
+* ``dead_letters_reconciled`` (:mod:`~orchestrator.maintenance.deadletters`): messages
+  dramatiq dead-lettered in Redis, copied to PostgreSQL for operators (and re-sent when
+  their job is still live).
+
+``run()`` waits for the lock (a second clock waits here and takes over when the first dies,
+since PostgreSQL releases a session's advisory locks with its connection), listens for
+``orchestrator_dispatch`` notifications (sent at commit by jobs enqueued inside a caller's
+transaction) and runs a pass every interval. A lost connection (the server restarted) loses
+the lock too: the clock goes back to waiting for it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psycopg
+
+from orchestrator.api import Orchestrator
+from orchestrator.db.pool import Conn, connect, listen, try_advisory_lock
+from orchestrator.logs import get_logger
+from orchestrator.maintenance import BATCH_LIMIT
+from orchestrator.maintenance.deadletters import ReconcileDeadLetters
+from orchestrator.maintenance.dispatch import DispatchDue
+from orchestrator.maintenance.leases import ExpireLeases
+from orchestrator.maintenance.retention import DeleteOldAttempts, DeleteOldEvents
+from orchestrator.maintenance.webhooks import RedispatchStaleEvents
+
+log = get_logger(__name__)
+
+# Any constant unique to this application: the one lock a clock must hold to act.
+CLOCK_LOCK_ID = 0x636C6F63  # "cloc"
+# Jobs enqueued inside a caller's transaction announce themselves here at commit.
+DISPATCH_CHANNEL = "orchestrator_dispatch"
+
+
+class Task(Protocol):
+    """One periodic task: what ``run_once`` returns is reported under ``name``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run_once(self) -> int: ...
+
+    def preview(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PassReport:
+    """What one pass did (or, in a dry run, would do), by task name."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+    @property
+    def leases_expired(self) -> int:
+        return self["leases_expired"]
+
+    @property
+    def dispatched(self) -> int:
+        return self["dispatched"]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def default_tasks(orch: Orchestrator, owner: str) -> list[Task]:
+    """Every task, in the order a pass runs them."""
+    store, dispatcher, settings = orch.store, orch.dispatcher, orch.settings
+    return [
+        ExpireLeases(store, dispatcher, owner),
+        DispatchDue(store, dispatcher, settings),
+        DeleteOldAttempts(store, settings),
+        # Webhook events stored but left unprocessed (their message was lost): sent again.
+        RedispatchStaleEvents(store, dispatcher, settings),
+        DeleteOldEvents(store, settings),
+        # Messages dramatiq dead-lettered in Redis: recorded for operators, live jobs re-sent.
+        ReconcileDeadLetters(store, dispatcher, settings, owner),
+    ]
+
+
+class Clock:
+    def __init__(self, orchestrator: Orchestrator, tasks: list[Task] | None = None) -> None:
+        self.orch = orchestrator
+        self.owner = f"clock:{socket.gethostname()}:{os.getpid()}"
+        self.tasks = default_tasks(orchestrator, self.owner) if tasks is None else tasks
+
+    def run_once(self, *, dry_run: bool = False) -> PassReport:
+        """One pass of every periodic task; returns what it did (or would do)."""
+        counts: dict[str, int] = {}
+        for task in self.tasks:
+            if dry_run:
+                counts[task.name] = task.preview()
+                continue
+            try:
+                counts[task.name] = task.run_once()
+            except Exception:  # one failing task must not starve the others
+                log.exception("clock.task_failed", task=task.name)
+        return PassReport(counts, dry_run)
+
+    def run(self, stop: threading.Event) -> None:
+        """Wait for the lock, then act until ``stop`` is set.
+
+        When the lock's connection dies (a restart or crash of PostgreSQL, a network cut) the
+        lock went with it: another clock may hold it by now. This one logs, waits an interval
+        and starts over from waiting for the lock.
+        """
+        while not stop.is_set():
+            try:
+                self._hold_lock_and_act(stop)
+            except psycopg.OperationalError as exc:
+                log.warning("clock.connection_lost", owner=self.owner, error=type(exc).__name__)
+                stop.wait(self.orch.settings.clock_interval_s)
+
+    def _hold_lock_and_act(self, stop: threading.Event) -> None:
+        with connect(self.orch.settings.database_url, autocommit=True) as conn:
+            log.info("clock.waiting_for_lock", owner=self.owner)
+            while not stop.is_set():
+                if try_advisory_lock(conn, CLOCK_LOCK_ID):
+                    break
+                stop.wait(self.orch.settings.clock_interval_s)
+            if stop.is_set():
+                return
+            log.info("clock.lock_acquired", owner=self.owner)
+            listen(conn, DISPATCH_CHANNEL)
+            interval = self.orch.settings.clock_interval_s
+            while not stop.is_set():
+                report = self.run_once()
+                if report.total:
+                    log.info("clock.pass_completed", **report.counts)
+                self._dispatch_notified(conn, interval)
+
+    def _dispatch_notified(self, conn: Conn, timeout_s: float) -> int:
+        """Send each job announced at commit; waits up to ``timeout_s`` for notifications."""
+        sent = 0
+        for notify in conn.notifies(timeout=timeout_s, stop_after=BATCH_LIMIT):
+            self.orch.dispatcher.send(notify.payload)
+            sent += 1
+        return sent

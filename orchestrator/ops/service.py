@@ -1,0 +1,360 @@
+"""The operator surface: list and inspect jobs, and replay or discard dead ones.
+
+Shared by the CLI (``orchestrator jobs ...``, ``orchestrator dlq ...``) and the ops HTTP API.
+Every state change is one audited statement that checks the state it expects
+(:class:`orchestrator.db.OpsStore`'s ``replay``, ``adopt`` and ``discard``). What a replay
+does is decided by :func:`orchestrator.ops.replay.plan_replay`; this module gathers its facts
+and applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.broker import Dispatcher
+from orchestrator.config import Settings
+from orchestrator.db import OpsStore, Row, Store
+from orchestrator.errors import InvalidOperation, JobNotFound, ProviderUnavailable
+from orchestrator.logs import get_logger
+from orchestrator.models import Attempt, AttemptOutcome, Job, JobState, Transition, row_to_json
+from orchestrator.ops.filters import (
+    MAX_PAGE_SIZE,
+    MAX_REASON_CHARS,
+    JobFilter,
+    Page,
+    actor_name,
+    decode_cursor,
+    encode_cursor,
+    job_uuid,
+    page_size,
+    reason_text,
+)
+from orchestrator.ops.replay import (
+    BulkReport,
+    ReplayAction,
+    ReplayPlan,
+    ReplayResult,
+    key_may_be_saved,
+    plan_replay,
+    replay_rate,
+)
+from orchestrator.providers.base import Outcome, Provider
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    job: Job
+    attempts: list[Attempt]
+    transitions: list[Transition]
+    actions: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.job.to_dict(),
+            "attempt_history": [row_to_json(a) for a in self.attempts],
+            "transitions": [row_to_json(t) for t in self.transitions],
+            "operator_actions": self.actions,
+        }
+
+
+class Operations:
+    """Operator actions over the stores. ``providers`` is called once, when a replay first
+    needs a provider lookup (building them wants the provider keys, listing does not);
+    ``sleep`` and ``monotonic`` pace bulk runs."""
+
+    def __init__(
+        self,
+        store: Store,
+        ops_store: OpsStore,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        *,
+        providers: Callable[[], Mapping[str, Provider]],
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ops_store = ops_store
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self._make_providers = providers
+        self._providers: Mapping[str, Provider] | None = None
+        self._sleep = sleep
+        self._monotonic = monotonic
+
+    @classmethod
+    def from_orchestrator(cls, orch: Orchestrator) -> Operations:
+        """Over ``orch``'s stores, dispatcher and settings, with its providers (built lazily)."""
+        return cls(
+            orch.store, orch.ops_store, orch.dispatcher, orch.settings, providers=orch.providers
+        )
+
+    def providers(self) -> Mapping[str, Provider]:
+        if self._providers is None:
+            self._providers = self._make_providers()
+        return self._providers
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list_jobs(
+        self, flt: JobFilter, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page:
+        return self._page(flt, limit, cursor, dead_only=flt.state is JobState.DEAD)
+
+    def list_dead(
+        self, flt: JobFilter, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page:
+        return self._page(replace(flt, state=JobState.DEAD), limit, cursor, dead_only=True)
+
+    def _page(
+        self, flt: JobFilter, limit: int | None, cursor: str | None, *, dead_only: bool
+    ) -> Page:
+        size = page_size(limit)
+        created_at, job_id = decode_cursor(cursor)
+        args = {
+            **flt.args(),
+            "cursor_created_at": created_at,
+            "cursor_id": job_id,
+            "limit": size + 1,  # one more tells whether a next page exists
+        }
+        rows = self.ops_store.page_jobs(args, dead_only=dead_only)
+        jobs = rows[:size]
+        more = len(rows) > size
+        return Page(jobs, encode_cursor(jobs[-1]) if more and jobs else None)
+
+    def count_dead(self, flt: JobFilter) -> int:
+        return self.ops_store.count_dead(flt.args())
+
+    def show(self, job_id: str) -> JobDetail:
+        """The job with its attempts, transitions and operator actions (any state)."""
+        job = self._job(job_id)
+        actions = [_action_json(r) for r in self.ops_store.actions_for(job.id)]
+        return JobDetail(job, self.store.attempts(job.id), self.store.transitions(job.id), actions)
+
+    def counts(self) -> dict[str, int]:
+        counts = self.store.count_by_state()
+        return {str(s): counts.get(str(s), 0) for s in JobState}
+
+    def attempts_per_minute(self, window_s: float) -> list[dict[str, Any]]:
+        rows = self.ops_store.attempts_per_minute(window_s)
+        return [
+            {"minute": r["minute"].isoformat(), "outcome": r["outcome"], "count": int(r["n"])}
+            for r in rows
+        ]
+
+    # -- replay ----------------------------------------------------------------------------
+
+    def plan(self, job: Job) -> ReplayPlan:
+        """Decide (asking the provider when the key may hold a saved response)."""
+        attempts = self.store.attempts(job.id)
+        provider = self.providers().get(job.provider)
+        honours = provider.honours_idempotency_keys if provider is not None else True
+        key_saved = key_may_be_saved(job, attempts)
+        found: Outcome | None = None
+        failed = False
+        if key_saved and honours and job.state is JobState.DEAD:
+            if provider is None:
+                failed = True
+            else:
+                try:
+                    found = _find(provider, job)
+                except ProviderUnavailable as exc:
+                    log.warning("ops.lookup_failed", job_id=job.id, error=str(exc))
+                    failed = True
+        return plan_replay(
+            job,
+            key_saved=key_saved,
+            found=found,
+            lookup_failed=failed,
+            seconds_since_last_call=self._since_last_call(job, attempts),
+            search_grace_s=self.settings.search_grace_s,
+            honours_keys=honours,
+            budget=self.settings.max_attempts,
+        )
+
+    def replay(self, job_id: str, actor: str, *, reason: str | None = None) -> ReplayResult:
+        """Replay one dead job (or adopt its provider-side success). Never raises for a skip."""
+        job = self._job(job_id)
+        return self._apply(
+            job, self.plan(job), actor_name(actor), reason_text(reason, required=False)
+        )
+
+    def replay_matching(
+        self,
+        flt: JobFilter,
+        actor: str,
+        *,
+        rate_per_s: float | None = None,
+        dry_run: bool = False,
+        limit: int | None = None,
+        reason: str | None = None,
+        on_result: Callable[[ReplayResult], None] | None = None,
+    ) -> BulkReport:
+        """Replay every dead job the filter selects, at most ``rate_per_s`` a second."""
+        who = actor_name(actor)
+        why = reason_text(reason, required=False)
+        interval_s = 1.0 / replay_rate(rate_per_s)
+        report = BulkReport(dry_run, flt.describe())
+        next_at = self._monotonic()
+        for job in self._dead_matching(flt, limit):
+            if dry_run:
+                result = self._dry(job)
+            else:
+                wait_s = next_at - self._monotonic()
+                if wait_s > 0:
+                    self._sleep(wait_s)
+                next_at = max(next_at, self._monotonic()) + interval_s
+                result = self._apply(job, self.plan(job), who, why)
+            report.results.append(result)
+            if on_result is not None:
+                on_result(result)
+        self.ops_store.audit(
+            who,
+            "dlq.replay_dry_run" if dry_run else "dlq.replay_bulk",
+            json.dumps(report.filter, sort_keys=True),
+            why,
+            {"counts": report.counts(), "rate_per_s": 1.0 / interval_s},
+        )
+        log.info("ops.bulk_replayed", actor=who, dry_run=dry_run, **report.counts())
+        return report
+
+    def _dead_matching(self, flt: JobFilter, limit: int | None) -> Iterator[Job]:
+        cursor: str | None = None
+        taken = 0
+        while True:
+            page = self.list_dead(flt, limit=MAX_PAGE_SIZE, cursor=cursor)
+            for job in page.jobs:
+                if limit is not None and taken >= limit:
+                    return
+                taken += 1
+                yield job
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _dry(self, job: Job) -> ReplayResult:
+        key_saved = key_may_be_saved(job, self.store.attempts(job.id))
+        why = "would ask the provider first" if key_saved else "would replay with the same key"
+        return ReplayResult(
+            job.id, ReplayAction.SKIP, f"dry run: {why}", str(job.state), job.key_generation
+        )
+
+    def _apply(self, job: Job, plan: ReplayPlan, actor: str, reason: str | None) -> ReplayResult:
+        why = f"replay: {plan.reason}" + (f" ({reason})" if reason else "")
+        details = {"plan": plan.reason, "generation_step": plan.generation_step}
+        args: dict[str, Any] = {
+            "id": job.id,
+            "actor": actor,
+            "reason": why[:MAX_REASON_CHARS],
+            "details": details,
+        }
+        if plan.action is ReplayAction.SKIP:
+            log.info("ops.replay_skipped", job_id=job.id, reason=plan.reason)
+            return ReplayResult(
+                job.id, plan.action, plan.reason, str(job.state), job.key_generation
+            )
+        if plan.action is ReplayAction.ADOPT:
+            assert plan.found is not None
+            args |= {
+                "provider_ref": plan.found.provider_ref,
+                "provider_status": plan.found.provider_status,
+            }
+            moved = self.ops_store.adopt(args)
+        else:
+            args |= {
+                "generation_step": plan.generation_step,
+                "expected_generation": job.key_generation,
+                "budget": self.settings.max_attempts,
+                "horizon_s": self.settings.retry_horizon_s,
+            }
+            moved = self.ops_store.replay(args)
+        if moved is None:
+            return ReplayResult(
+                job.id,
+                ReplayAction.SKIP,
+                "changed meanwhile (no longer dead)",
+                "?",
+                job.key_generation,
+            )
+        if plan.action is ReplayAction.REPLAY:
+            self._dispatch(moved.id)
+        log.info(
+            "ops.job_replayed" if plan.action is ReplayAction.REPLAY else "ops.job_adopted",
+            job_id=moved.id,
+            actor=actor,
+            key_generation=moved.key_generation,
+        )
+        return ReplayResult(
+            moved.id, plan.action, plan.reason, str(moved.state), moved.key_generation
+        )
+
+    def _dispatch(self, job_id: str) -> None:
+        try:
+            self.dispatcher.send(job_id)
+        except Exception as exc:  # committed as pending: the clock's sweep sends it
+            log.warning("ops.dispatch_deferred", job_id=job_id, error=type(exc).__name__)
+
+    # -- discard ---------------------------------------------------------------------------
+
+    def discard(self, job_id: str, actor: str, reason: str) -> Job:
+        """dead -> cancelled, with a mandatory reason."""
+        why = reason_text(reason, required=True)
+        who = actor_name(actor)
+        job = self._job(job_id)
+        args = {
+            "id": job.id,
+            "actor": who,
+            "reason": f"discarded: {why}"[:MAX_REASON_CHARS],
+            "details": {"dead_reason": job.dead_reason},
+        }
+        discarded = self.ops_store.discard(args)
+        if discarded is None:
+            raise InvalidOperation(f"job {job.id} is {self._job(job.id).state}, not dead")
+        log.info("ops.job_discarded", job_id=job.id, actor=who)
+        return discarded
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> Job:
+        job = self.store.job(job_uuid(job_id))
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    def _since_last_call(self, job: Job, attempts: list[Attempt]) -> float:
+        times = [a.finished_at for a in attempts]
+        if job.last_attempt_at is not None:
+            times.append(job.last_attempt_at)
+        if not times:
+            return float("inf")
+        return float((self.ops_store.now() - max(times)).total_seconds())
+
+
+def _find(provider: Provider, job: Job) -> Outcome | None:
+    """The job's best object at the provider: its known ref first, then a metadata search."""
+    found = provider.lookup(job)
+    if job.provider_ref and (found is None or found.kind is not AttemptOutcome.SUCCEEDED):
+        searched = provider.lookup(replace(job, provider_ref=None))
+        if searched is not None and (found is None or searched.kind is AttemptOutcome.SUCCEEDED):
+            found = searched
+    return found
+
+
+def _action_json(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "at": row["at"].isoformat(),
+        "actor": row["actor"],
+        "action": row["action"],
+        "reason": row["reason"],
+        "details": row["details"],
+    }

@@ -1,0 +1,158 @@
+"""Stripe's objects in and out: the parameters a job sends, and what a PaymentIntent or
+Refund that comes back means for the job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+
+from orchestrator.models import AttemptOutcome, Job
+from orchestrator.providers.base import Outcome
+from orchestrator.validation import JOB_ID_METADATA_KEY, KEY_GENERATION_METADATA_KEY
+
+# PaymentIntent statuses, by what they mean for the job.
+PI_SUCCEEDED = {"succeeded", "requires_capture"}
+
+
+_PI_PENDING = {"processing"}
+
+
+_PI_FAILED = {"requires_payment_method", "requires_action", "canceled", "requires_confirmation"}
+
+
+# Refund statuses, by what they mean for the job (failed and canceled refunds moved no money).
+_REFUND_SUCCEEDED = {"succeeded"}
+
+
+_REFUND_PENDING = {"pending", "requires_action"}
+
+
+REFUND_RANK = {"succeeded": 0, "pending": 1, "requires_action": 1}
+
+
+# PaymentIntent fields a charge may carry as given (validated at enqueue, validation.py).
+PASS_THROUGH_FIELDS = (
+    "capture_method",
+    "description",
+    "statement_descriptor_suffix",
+    "receipt_email",
+    "on_behalf_of",
+    "application_fee_amount",
+    "transfer_data",
+)
+
+
+def charge_params(job: Job) -> dict[str, Any]:
+    """The PaymentIntent parameters for a charge job: identical on every attempt of a key
+    generation.
+
+    A job runs with no customer present, so by default the charge is merchant-initiated:
+    ``off_session=true`` with automatic payment methods that never redirect. A card that
+    needs authentication then declines with ``authentication_required`` instead of waiting
+    for a customer who is not there. With a ``return_url`` the caller confirms on-session:
+    redirect-based methods are allowed and ``requires_action`` means the customer must act.
+    Stripe refuses ``automatic_payment_methods`` together with ``payment_method_types``.
+    """
+    params: dict[str, Any] = {
+        "amount": job.amount,
+        "currency": job.currency,
+        "payment_method": job.payment_method,
+        "confirm": True,
+        "metadata": {
+            **job.metadata,
+            JOB_ID_METADATA_KEY: job.id,
+            KEY_GENERATION_METADATA_KEY: str(job.key_generation),
+        },
+    }
+    if job.customer:
+        params["customer"] = job.customer
+    return_url = job.params.get("return_url")
+    types = job.params.get("payment_method_types")
+    if return_url:
+        params["return_url"] = return_url
+    else:
+        params["off_session"] = True
+    if types:
+        params["payment_method_types"] = list(types)
+    else:
+        params["automatic_payment_methods"] = (
+            {"enabled": True} if return_url else {"enabled": True, "allow_redirects": "never"}
+        )
+    for name in PASS_THROUGH_FIELDS:
+        value = job.params.get(name)
+        if value is not None and value != "":
+            params[name] = value
+    return params
+
+
+def refund_params(job: Job) -> dict[str, Any]:
+    """The Refund parameters for a refund job: identical on every attempt."""
+    return {
+        "payment_intent": job.params["payment_intent"],
+        "amount": job.amount,
+        "metadata": {**job.metadata, JOB_ID_METADATA_KEY: job.id},
+    }
+
+
+def _kind_of(status: str, succeeded: set[str], pending: set[str]) -> AttemptOutcome:
+    """A provider object's status word, as what it means for the job."""
+    if status in succeeded:
+        return AttemptOutcome.SUCCEEDED
+    if status in pending:
+        return AttemptOutcome.PENDING
+    return AttemptOutcome.PERMANENT
+
+
+def outcome_of_refund(refund: Mapping[str, Any], request_id: str | None) -> Outcome:
+    """What a Refund (its JSON fields) means for the job."""
+    status = str(refund["status"])
+    kind = _kind_of(status, _REFUND_SUCCEEDED, _REFUND_PENDING)
+    failed = kind is AttemptOutcome.PERMANENT
+    reason = refund.get("failure_reason") if failed else None
+    return Outcome(
+        kind,
+        provider_ref=str(refund["id"]),
+        provider_status=status,
+        error_class="RefundStatus" if failed else None,
+        error_code=(reason or f"refund_{status}") if failed else None,
+        request_id=request_id,
+    )
+
+
+def outcome_of_intent(intent: Mapping[str, Any], request_id: str | None) -> Outcome:
+    """What a PaymentIntent (its JSON fields) means for the job."""
+    status = str(intent["status"])
+    kind = _kind_of(status, PI_SUCCEEDED, _PI_PENDING)
+    error_code = None if kind is not AttemptOutcome.PERMANENT else f"payment_intent_{status}"
+    last_error = intent.get("last_payment_error")
+    if kind is AttemptOutcome.PERMANENT and isinstance(last_error, Mapping):
+        error_code = last_error.get("decline_code") or last_error.get("code") or error_code
+    return Outcome(
+        kind,
+        provider_ref=str(intent["id"]),
+        provider_status=status,
+        error_class="PaymentIntentStatus" if kind is AttemptOutcome.PERMANENT else None,
+        error_code=error_code,
+        request_id=request_id,
+    )
+
+
+def job_id_of(obj: Any) -> str | None:
+    metadata: Any = getattr(obj, "metadata", None)  # a StripeObject: no .get()
+    if metadata is None or JOB_ID_METADATA_KEY not in metadata:
+        return None
+    return str(metadata[JOB_ID_METADATA_KEY])
+
+
+def json_object(response: stripe.StripeResponse) -> Mapping[str, Any]:
+    data = response.data
+    if not isinstance(data, Mapping) or "id" not in data or "status" not in data:
+        raise stripe.APIError("unexpected response body", http_status=response.code)
+    return data
+
+
+def request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None) if response is not None else None

@@ -1,0 +1,192 @@
+"""Processing stored provider events (the worker's ``process_webhook_event`` actor).
+
+:func:`process_event` claims the row (compare-and-set on ``status = 'received'`` plus a
+lease), asks the provider's module what the event means (``READERS``), finds the job by the
+id in the object's metadata or by provider object id, moves it forward with one UPDATE naming
+the states it may leave, and records what happened on the row. A failure releases the row
+for the clock's sweep to send again, until ``MAX_PROCESS_ATTEMPTS`` parks it as ``failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from orchestrator.errors import ProviderUnavailable
+from orchestrator.logs import get_logger
+from orchestrator.models import AttemptOutcome, EventStatus, Job, JobState, WebhookEvent
+from orchestrator.providers.base import Outcome, Provider
+from orchestrator.providers.stripe import webhooks as stripe_webhooks
+from orchestrator.webhooks.events import Meaning, NoteReport, ObjectReport, Result
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+
+log = get_logger(__name__)
+
+# An event whose processing failed this many times is parked as `failed` for an operator.
+MAX_PROCESS_ATTEMPTS = 10
+MAX_NOTE_CHARS = 500
+MAX_ERROR_CHARS = 2000
+
+# What a stored event means, by the provider that sent it.
+READERS: dict[str, Callable[[WebhookEvent], Meaning]] = {
+    stripe_webhooks.PROVIDER: stripe_webhooks.meaning_of,
+}
+
+# Which states a provider event may move a job out of, by the state it proves.
+# Never backwards: succeeded, failed and cancelled are final, dead waits for an operator.
+# running -> processing/failed is left to the worker, which hears the same answer itself;
+# a retrying job's last attempt provably did not execute, so only a success can concern it.
+SETTLE_FROM: dict[JobState, tuple[JobState, ...]] = {
+    JobState.SUCCEEDED: (
+        JobState.RUNNING,
+        JobState.RETRYING,
+        JobState.UNKNOWN,
+        JobState.PROCESSING,
+    ),
+    JobState.PROCESSING: (JobState.UNKNOWN,),
+    JobState.FAILED: (JobState.UNKNOWN, JobState.PROCESSING),
+}
+_TARGET_OF: dict[AttemptOutcome, JobState] = {
+    AttemptOutcome.SUCCEEDED: JobState.SUCCEEDED,
+    AttemptOutcome.PENDING: JobState.PROCESSING,
+    AttemptOutcome.PERMANENT: JobState.FAILED,
+}
+
+
+def process_event(
+    orch: Orchestrator,
+    row_id: int,
+    *,
+    providers: Callable[[], Mapping[str, Provider]] | None = None,
+) -> WebhookEvent | None:
+    """Apply one stored event to its job; None when another processor holds it or it is done.
+
+    ``providers`` gives the providers that look objects up (a worker passes its own, built
+    once); by default ``orch.providers()``.
+    """
+    event = orch.store.claim_webhook_event(row_id, orch.settings.lease_s)
+    if event is None:
+        log.debug("webhook.claim_lost", row_id=row_id)
+        return None
+    try:
+        provider = (providers or orch.providers)()[event.provider]
+        result = apply_event(orch, provider, event)
+    except Exception as exc:  # a lookup failed, or a bug: try again later, then park it
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        released = orch.store.release_webhook_event(row_id, error, MAX_PROCESS_ATTEMPTS)
+        level = log.warning if isinstance(exc, ProviderUnavailable) else log.error
+        level(
+            "webhook.processing_failed",
+            event_id=event.event_id,
+            type=event.type,
+            attempts=event.attempts,
+            error=type(exc).__name__,
+        )
+        return released
+    done = orch.store.finish_webhook_event(row_id, result.status, result.job_id, result.note)
+    log.info(
+        "webhook.processed",
+        event_id=event.event_id,
+        type=event.type,
+        status=result.status,
+        job_id=result.job_id,
+        note=result.note,
+    )
+    return done
+
+
+def apply_event(orch: Orchestrator, provider: Provider, event: WebhookEvent) -> Result:
+    """Decide and apply what one event means for its job."""
+    read = READERS.get(event.provider)
+    if read is None:
+        return Result(EventStatus.IGNORED, f"events of provider {event.provider} are not read")
+    meaning = read(event)
+    if isinstance(meaning, ObjectReport):
+        return _apply_report(orch, provider, event, meaning)
+    if isinstance(meaning, NoteReport):
+        return _apply_note(orch, event, meaning)
+    return meaning
+
+
+def _apply_report(
+    orch: Orchestrator, provider: Provider, event: WebhookEvent, report: ObjectReport
+) -> Result:
+    ref = report.ref
+    job = find_job(orch, event.provider, report.job_id, ref)
+    if job is None or job.kind is not report.job_kind or job.provider != event.provider:
+        return Result(
+            EventStatus.IGNORED, f"no {report.job_kind} job of ours for {report.label} {ref}"
+        )
+    if report.amount != job.amount or report.currency != job.currency:
+        log.error("webhook.amount_mismatch", event_id=event.event_id, job_id=job.id)
+        return Result(
+            EventStatus.FAILED, "amount or currency differ from the job's: not applied", job.id
+        )
+    if report.read_outcome is None:
+        # Order matters here: act on the object as it is now, not as it was when sent.
+        found = provider.lookup(dataclasses.replace(job, provider_ref=ref))
+        if found is None:
+            raise ProviderUnavailable(f"{report.label} {ref} not found at the provider")
+        outcome = found
+    else:
+        outcome = report.read_outcome()
+    return _settle(orch, event, job, outcome, report)
+
+
+def _settle(
+    orch: Orchestrator, event: WebhookEvent, job: Job, outcome: Outcome, report: ObjectReport
+) -> Result:
+    label, ref = report.label, report.ref
+    target = _TARGET_OF.get(outcome.kind)
+    if target is None:
+        return Result(EventStatus.IGNORED, f"{label} status {outcome.provider_status} says nothing")
+    if job.provider_ref not in (None, ref):
+        if target is JobState.SUCCEEDED:  # a second successful object for one job
+            log.error("webhook.second_charge_detected", job_id=job.id, event_id=event.event_id)
+        return Result(EventStatus.PROCESSED, f"job refers to {job.provider_ref}, not {ref}", job.id)
+    delay_s = orch.settings.processing_poll_s if target is JobState.PROCESSING else 0.0
+    args = {
+        "id": job.id,
+        "to_state": str(target),
+        "from_states": [str(s) for s in SETTLE_FROM[target]],
+        "provider_ref": ref,
+        "provider_status": outcome.provider_status,
+        "error_code": outcome.error_code,
+        "delay_s": delay_s,
+        "changed_by": f"webhook:{event.event_id}"[:200],
+        "reason": f"{event.type}: {label} {ref} is {outcome.provider_status}"[:500],
+    }
+    if not orch.store.settle_job_from_webhook(args):
+        current = orch.store.job(job.id)
+        state = current.state if current else job.state
+        return Result(
+            EventStatus.PROCESSED, f"job is {state}: no change ({outcome.provider_status})", job.id
+        )
+    if target is JobState.PROCESSING:
+        orch.dispatcher.send(job.id, delay_s)  # polled until final, like any processing job
+    log.info("job.settled_by_webhook", job_id=job.id, state=str(target), event_id=event.event_id)
+    return Result(EventStatus.PROCESSED, f"job {job.state} -> {target}", job.id)
+
+
+def _apply_note(orch: Orchestrator, event: WebhookEvent, report: NoteReport) -> Result:
+    """Refunds and disputes are recorded on the event row; the job keeps its state."""
+    job = find_job(orch, event.provider, report.job_id, report.ref)
+    if job is None:
+        return Result(EventStatus.IGNORED, f"no job of ours for {report.subject}")
+    return Result(EventStatus.PROCESSED, report.note[:MAX_NOTE_CHARS], job.id)
+
+
+def find_job(
+    orch: Orchestrator, provider: str, job_id: str | None, provider_ref: str | None
+) -> Job | None:
+    """The job named in the object's metadata, else the job holding that provider id."""
+    if job_id is not None:
+        job = orch.store.job(job_id)
+        if job is not None:
+            return job
+    if not provider_ref:
+        return None
+    return orch.store.job_by_provider_ref(provider, provider_ref)
