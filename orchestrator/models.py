@@ -6,7 +6,7 @@ import enum
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Self, TypeAlias
 
 
 class JobState(enum.StrEnum):
@@ -76,15 +76,30 @@ def _field_names(cls: type[Any]) -> frozenset[str]:
     return names
 
 
-def _from_row(cls: type[Any], row: dict[str, Any]) -> Any:
-    """``cls`` from a row: its own columns only, UUIDs as strings."""
-    names = _field_names(cls)
-    values = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in row.items() if k in names}
-    return cls(**values)
+# Columns read as text that a row class holds as enums: column name -> enum.
+_Enums: TypeAlias = dict[str, type[enum.StrEnum]]
+
+
+class _Row:
+    """Base of the row dataclasses: :meth:`from_row` reads one from a database row."""
+
+    __slots__ = ()
+    _enums: ClassVar[_Enums] = {}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Self:
+        """An instance from a row: its own columns only, UUIDs as strings, enums as enums."""
+        names = _field_names(cls)
+        values = {
+            k: str(v) if isinstance(v, uuid.UUID) else v for k, v in row.items() if k in names
+        }
+        for name, kind in cls._enums.items():
+            values[name] = kind(values[name])
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(_Row):
     id: str
     kind: JobKind
     provider: str
@@ -119,12 +134,7 @@ class Job:
     # Charges only: refunds reserved against this charge (schema.sql, jobs_refunds_within_amount).
     refunded_amount: int = 0
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Job:
-        job: Job = _from_row(cls, row)
-        object.__setattr__(job, "state", JobState(job.state))
-        object.__setattr__(job, "kind", JobKind(job.kind))
-        return job
+    _enums: ClassVar[_Enums] = {"state": JobState, "kind": JobKind}
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -132,17 +142,11 @@ class Job:
         return meta
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.isoformat() if isinstance(value, datetime) else value
-        out["state"] = str(self.state)
-        out["kind"] = str(self.kind)
-        return out
+        return {**row_to_json(self), "state": str(self.state), "kind": str(self.kind)}
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(_Row):
     id: int
     job_id: str
     attempt: int
@@ -159,14 +163,9 @@ class Attempt:
     started_at: datetime
     finished_at: datetime
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Attempt:
-        attempt: Attempt = _from_row(cls, row)
-        return attempt
-
 
 @dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(_Row):
     id: int
     job_id: str
     from_state: str | None
@@ -175,14 +174,9 @@ class Transition:
     reason: str
     at: datetime
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Transition:
-        transition: Transition = _from_row(cls, row)
-        return transition
-
 
 @dataclass(frozen=True, slots=True)
-class WebhookEvent:
+class WebhookEvent(_Row):
     """A row of ``webhook_events`` (``payload`` only when read one at a time)."""
 
     id: int
@@ -199,17 +193,13 @@ class WebhookEvent:
     processed_at: datetime | None
     payload: dict[str, Any] | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> WebhookEvent:
-        event: WebhookEvent = _from_row(cls, row)
-        object.__setattr__(event, "status", EventStatus(event.status))
-        return event
+    _enums: ClassVar[_Enums] = {"status": EventStatus}
 
     def to_dict(self) -> dict[str, Any]:
         return row_to_json(self)
 
 
-def row_to_json(obj: Attempt | Transition | WebhookEvent) -> dict[str, Any]:
+def row_to_json(obj: Job | Attempt | Transition | WebhookEvent) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
         value = getattr(obj, f.name)

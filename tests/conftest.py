@@ -106,6 +106,21 @@ def test_settings(database_url: str, redis_namespace: str, simulator_url: str, *
 test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
+def settings_like(orch: Any, simulator_url: str, **extra: Any) -> Any:
+    """:func:`test_settings` on ``orch``'s database and Redis namespace, changed by ``extra``."""
+    return test_settings(
+        orch.settings.database_url, orch.settings.redis_namespace, simulator_url, **extra
+    )
+
+
+def orchestrator_like(orch: Any, simulator_url: str, **extra: Any) -> Any:
+    """An Orchestrator sharing ``orch``'s store and broker, its settings changed by ``extra``."""
+    from orchestrator.api import Orchestrator
+
+    settings = settings_like(orch, simulator_url, **extra)
+    return Orchestrator(settings, store=orch.store, broker=orch.broker)
+
+
 @pytest.fixture(scope="session")
 def orch(database_url: str, redis_namespace: str, simulator: Any) -> Iterator[Any]:
     """The session's Orchestrator, installed as the actors' runtime."""

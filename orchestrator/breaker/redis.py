@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from orchestrator.breaker.config import (
     HALF_OPEN_RECHECK_MS,
@@ -49,9 +50,9 @@ class RedisBreaker:
         self.config = config
         self.namespace = namespace
         self._now_ms = now_ms  # None: Redis TIME (production); tests inject a clock
-        self._acquire = client.register_script((LUA_DIR / "breaker_acquire.lua").read_text())
-        self._record = client.register_script((LUA_DIR / "breaker_record.lua").read_text())
-        self._override = client.register_script((LUA_DIR / "breaker_override.lua").read_text())
+        self._acquire = _script(client, "breaker_acquire.lua")
+        self._record = _script(client, "breaker_record.lua")
+        self._override = _script(client, "breaker_override.lua")
 
     def _keys(self, provider: str) -> tuple[str, str, str]:
         base = f"{self.namespace}:breaker:{provider}"
@@ -155,3 +156,8 @@ class RedisBreaker:
         recent = [(int(ms), int(failed)) for ms, failed in recent]
         in_window = [failed for ms, failed in recent if ms >= now - self.config.window_ms]
         return BreakerStatus.from_fields(provider, fields, in_window, now, self.config, "redis")
+
+
+def _script(client: redis.Redis, name: str) -> Script:
+    """The script ``lua/<name>``, after ``lua/now.lua`` (which sets its ``now``)."""
+    return client.register_script((LUA_DIR / "now.lua").read_text() + (LUA_DIR / name).read_text())

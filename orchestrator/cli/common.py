@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 
 from orchestrator.ops.filters import JobFilter
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from orchestrator.ops.service import JobDetail, Operations
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 Handler = Callable[[argparse.Namespace], int]
 # What build_parser hands each command module: the subparsers to add commands to.
@@ -96,12 +97,51 @@ def job_filter(args: argparse.Namespace, *, with_state: bool = False) -> JobFilt
     )
 
 
+# -- the job views (jobs list|show, dlq list|show) -----------------------------------------
+
+
+def list_jobs(args: argparse.Namespace, *, dead: bool) -> int:
+    """``jobs list`` and ``dlq list``: one page of jobs (dead ones only with ``dead``)."""
+    with open_orchestrator() as orch:
+        ops = operations(orch)
+        list_page = ops.list_dead if dead else ops.list_jobs
+        flt = job_filter(args, with_state=not dead)
+        page = list_page(flt, limit=args.limit, cursor=args.cursor)
+    print_page(page, as_json=args.json)
+    return EXIT_OK
+
+
+def add_show_job(commands: Commands) -> None:
+    """``jobs show`` and ``dlq show``: one job with its attempts, transitions, operator actions."""
+    p = command(commands, "show", _cmd_show_job, "one job: attempts, transitions, operator actions")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+
+
+def _cmd_show_job(args: argparse.Namespace) -> int:
+    with open_orchestrator() as orch:
+        detail = operations(orch).show(args.job_id)
+    print_job_detail(detail, as_json=args.json)
+    return EXIT_OK
+
+
 # -- printing ------------------------------------------------------------------------------
 
 
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def print_each(
+    items: Sequence[T], line: Callable[[T], str], *, as_json: bool, json_of: Callable[[T], Any]
+) -> None:
+    """One line a item, or the items as one JSON list (each as ``json_of`` gives it)."""
+    if as_json:
+        print_json([json_of(x) for x in items])
+        return
+    for x in items:
+        print(line(x))
 
 
 def _job_line(j: Job) -> str:

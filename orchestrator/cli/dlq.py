@@ -10,6 +10,7 @@ import argparse
 import getpass
 import os
 import sys
+from typing import Any
 
 from orchestrator.cli.common import (
     EXIT_FAILED,
@@ -17,16 +18,18 @@ from orchestrator.cli.common import (
     Commands,
     add_filters,
     add_paging,
+    add_show_job,
     command,
     group,
     job_filter,
+    list_jobs,
     open_orchestrator,
     operations,
-    print_job_detail,
+    print_each,
     print_json,
-    print_page,
 )
 from orchestrator.errors import ValidationError
+from orchestrator.models import Job
 from orchestrator.ops.filters import JobFilter
 from orchestrator.ops.replay import ReplayAction, ReplayResult
 
@@ -41,9 +44,7 @@ def register(commands: Commands) -> None:
         "--broker", action="store_true", help="messages dramatiq dead-lettered (from Redis)"
     )
 
-    p = command(dlq, "show", cmd_dlq_show, "one job: attempts, transitions, operator actions")
-    p.add_argument("job_id")
-    p.add_argument("--json", action="store_true")
+    add_show_job(dlq)
 
     p = command(dlq, "replay", cmd_dlq_replay, "replay dead jobs by id or by filter")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="explicit ids: no prompt")
@@ -60,6 +61,12 @@ def register(commands: Commands) -> None:
     p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     p.add_argument("--reason", required=True, help="why (required, audited)")
     p.add_argument("--actor", default=default_actor(), help="who is acting (audited)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="discard even a charge or refund the provider holds a success or pending object "
+        "for (audited with what it held)",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -92,32 +99,19 @@ def parse_rate(value: str) -> float:
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from orchestrator.maintenance.deadletters import recent_dead_letters
 
-    with open_orchestrator() as orch:
-        if args.broker:
-            letters = recent_dead_letters(orch, args.limit)
-        else:
-            page = operations(orch).list_dead(
-                job_filter(args), limit=args.limit, cursor=args.cursor
-            )
     if not args.broker:
-        print_page(page, as_json=args.json)
-        return EXIT_OK
-    if args.json:
-        print_json(letters)
-        return EXIT_OK
-    for x in letters:
-        print(
-            f"{x['dead_lettered_at']}  job={x['job_id'] or '-'}  state then={x['job_state'] or '-'}"
-            f"  action={x['action']}  message={x['message_id']}"
-        )
-    return EXIT_OK
-
-
-def cmd_dlq_show(args: argparse.Namespace) -> int:
+        return list_jobs(args, dead=True)
     with open_orchestrator() as orch:
-        detail = operations(orch).show(args.job_id)
-    print_job_detail(detail, as_json=args.json)
+        letters = recent_dead_letters(orch, args.limit)
+    print_each(letters, _letter_line, as_json=args.json, json_of=dict)
     return EXIT_OK
+
+
+def _letter_line(x: dict[str, Any]) -> str:
+    return (
+        f"{x['dead_lettered_at']}  job={x['job_id'] or '-'}  state then={x['job_state'] or '-'}"
+        f"  action={x['action']}  message={x['message_id']}"
+    )
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
@@ -165,16 +159,16 @@ def _confirm(count: int, flt: JobFilter, args: argparse.Namespace) -> bool:
     return answer in {"y", "yes"}
 
 
+def _result_line(r: ReplayResult) -> str:
+    return f"{r.job_id}  {r.action:<6} g{r.key_generation}  {r.state:<9} {r.reason}"
+
+
 def _print_result(r: ReplayResult) -> None:
-    print(f"{r.job_id}  {r.action:<6} g{r.key_generation}  {r.state:<9} {r.reason}")
+    print(_result_line(r))
 
 
 def _report(args: argparse.Namespace, results: list[ReplayResult]) -> int:
-    if args.json:
-        print_json([r.to_dict() for r in results])
-    else:
-        for r in results:
-            _print_result(r)
+    print_each(results, _result_line, as_json=args.json, json_of=ReplayResult.to_dict)
     skipped = any(r.action is ReplayAction.SKIP for r in results)
     return EXIT_FAILED if skipped else EXIT_OK
 
@@ -182,10 +176,9 @@ def _report(args: argparse.Namespace, results: list[ReplayResult]) -> int:
 def cmd_dlq_discard(args: argparse.Namespace) -> int:
     with open_orchestrator() as orch:
         ops = operations(orch)
-        jobs = [ops.discard(job_id, f"cli:{args.actor}", args.reason) for job_id in args.job_ids]
-    if args.json:
-        print_json([j.to_dict() for j in jobs])
-    else:
-        for j in jobs:
-            print(f"{j.id}  {j.state}")
+        jobs = [
+            ops.discard(job_id, f"cli:{args.actor}", args.reason, force=args.force)
+            for job_id in args.job_ids
+        ]
+    print_each(jobs, lambda j: f"{j.id}  {j.state}", as_json=args.json, json_of=Job.to_dict)
     return EXIT_OK

@@ -11,8 +11,10 @@ from orchestrator.cli.common import (
     command,
     group,
     open_orchestrator,
+    print_each,
     print_json,
 )
+from orchestrator.models import WebhookEvent
 
 
 def register(commands: Commands) -> None:
@@ -29,29 +31,29 @@ def register(commands: Commands) -> None:
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
-    from orchestrator import webhooks
+    from orchestrator.webhooks import listing
 
     with open_orchestrator() as orch:
-        events = webhooks.list_events(
+        events = listing.list_events(
             orch, status=args.status, event_type=args.type, job_id=args.job, limit=args.limit
         )
-    if args.json:
-        print_json([e.to_dict() for e in events])
-        return EXIT_OK
-    for e in events:
-        print(
-            f"{e.id:<8} {e.received_at:%Y-%m-%d %H:%M:%S} {e.status:<9} {e.type:<32} "
-            f"{e.event_id} {e.job_id or '-'} {e.note or ''}"
-        )
+    print_each(events, _event_line, as_json=args.json, json_of=WebhookEvent.to_dict)
     return EXIT_OK
 
 
+def _event_line(e: WebhookEvent) -> str:
+    return (
+        f"{e.id:<8} {e.received_at:%Y-%m-%d %H:%M:%S} {e.status:<9} {e.type:<32} "
+        f"{e.event_id} {e.job_id or '-'} {e.note or ''}"
+    )
+
+
 def cmd_events_show(args: argparse.Namespace) -> int:
-    from orchestrator import webhooks
     from orchestrator.logs import redact
+    from orchestrator.webhooks import listing
 
     with open_orchestrator() as orch:
-        event = webhooks.get_event(orch, args.event)
+        event = listing.get_event(orch, args.event)
     # The payload is the provider's; scrub anything secret- or card-shaped before showing it.
     shown = redact(None, "", event.to_dict())
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.common import (
     EXIT_OK,
@@ -12,15 +12,16 @@ from orchestrator.cli.common import (
     UsageError,
     add_filters,
     add_paging,
+    add_show_job,
     command,
     group,
-    job_filter,
+    list_jobs,
     open_orchestrator,
-    operations,
-    print_job_detail,
     print_json,
-    print_page,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.models import Job
 
 
 def register(commands: Commands) -> None:
@@ -31,7 +32,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--payment-method", required=True)
     p.add_argument("--idempotency-key", required=True)
     p.add_argument("--description")
-    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    p.add_argument("--metadata", action="append", type=_metadata_pair, metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
 
     p = command(commands, "send", cmd_send, "enqueue an email (a body or a SendGrid template)")
@@ -40,7 +41,7 @@ def register(commands: Commands) -> None:
     content = p.add_mutually_exclusive_group(required=True)
     content.add_argument("--body")
     content.add_argument("--template", metavar="TEMPLATE_ID")
-    p.add_argument("--template-data", metavar="JSON")
+    p.add_argument("--template-data", type=_template_data, metavar="JSON")
     p.add_argument("--from", dest="from_email", help="default: ORCHESTRATOR_EMAIL_FROM")
     p.add_argument("--at-least-once", action="store_true", help="retry even if maybe delivered")
     p.add_argument("--idempotency-key", required=True)
@@ -53,9 +54,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--json", action="store_true")
 
     jobs = group(commands, "jobs", "inspect jobs")
-    p = command(jobs, "show", cmd_jobs_show, "one job: attempts, transitions, operator actions")
-    p.add_argument("job_id")
-    p.add_argument("--json", action="store_true")
+    add_show_job(jobs)
     p = command(jobs, "list", cmd_jobs_list, "jobs, newest first, filtered and paged")
     p.add_argument("--state")
     add_filters(p)
@@ -65,40 +64,38 @@ def register(commands: Commands) -> None:
 # -- enqueueing ----------------------------------------------------------------------------
 
 
-def _parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
-    metadata: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--metadata expects KEY=VALUE, got {key!r}")
-        metadata[key] = value
-    return metadata
+# Argument types: a bad value is a usage error (exit 2) raised while the line is parsed.
+
+
+def _metadata_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"--metadata expects KEY=VALUE, got {key!r}")
+    return key, value
+
+
+def _template_data(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        raise UsageError("--template-data must be a JSON object") from None
 
 
 def cmd_charge(args: argparse.Namespace) -> int:
-    metadata = _parse_metadata(args.metadata or [])
     with open_orchestrator() as orch:
         job = orch.charge(
-            args.amount,
-            args.currency,
-            args.customer,
-            args.payment_method,
-            args.idempotency_key,
-            metadata,
+            amount=args.amount,
+            currency=args.currency,
+            customer=args.customer,
+            payment_method=args.payment_method,
+            idempotency_key=args.idempotency_key,
+            metadata=dict(args.metadata or []),
             description=args.description,
         )
-    if args.json:
-        print_json(job.to_dict())
-    else:
-        print(f"{job.id} {job.state} {job.amount} {job.currency}")
-    return EXIT_OK
+    return _print_enqueued(args, job, f"{job.amount} {job.currency}")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    try:
-        template_data = json.loads(args.template_data) if args.template_data else None
-    except ValueError:
-        raise UsageError("--template-data must be a JSON object") from None
     with open_orchestrator() as orch:
         job = orch.send_email(
             args.to,
@@ -107,23 +104,24 @@ def cmd_send(args: argparse.Namespace) -> int:
             args.template,
             idempotency_key=args.idempotency_key,
             from_email=args.from_email,
-            template_data=template_data,
+            template_data=args.template_data,
             at_least_once=args.at_least_once,
         )
-    if args.json:
-        print_json(job.to_dict())
-    else:
-        print(f"{job.id} {job.state} email to {', '.join(job.params['to'])}")
-    return EXIT_OK
+    return _print_enqueued(args, job, f"email to {', '.join(job.params['to'])}")
 
 
 def cmd_refund(args: argparse.Namespace) -> int:
     with open_orchestrator() as orch:
         job = orch.refund(args.charge_job_id, args.amount, idempotency_key=args.idempotency_key)
+    return _print_enqueued(args, job, f"refund {job.amount} {job.currency} of {job.parent_job_id}")
+
+
+def _print_enqueued(args: argparse.Namespace, job: Job, summary: str) -> int:
+    """The job as JSON, or one line: its id, its state and ``summary``."""
     if args.json:
         print_json(job.to_dict())
     else:
-        print(f"{job.id} {job.state} refund {job.amount} {job.currency} of {job.parent_job_id}")
+        print(f"{job.id} {job.state} {summary}")
     return EXIT_OK
 
 
@@ -131,16 +129,4 @@ def cmd_refund(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    with open_orchestrator() as orch:
-        page = operations(orch).list_jobs(
-            job_filter(args, with_state=True), limit=args.limit, cursor=args.cursor
-        )
-    print_page(page, as_json=args.json)
-    return EXIT_OK
-
-
-def cmd_jobs_show(args: argparse.Namespace) -> int:
-    with open_orchestrator() as orch:
-        detail = operations(orch).show(args.job_id)
-    print_job_detail(detail, as_json=args.json)
-    return EXIT_OK
+    return list_jobs(args, dead=False)

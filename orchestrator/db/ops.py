@@ -54,14 +54,7 @@ class OpsStore(Queries):
     def audit(
         self, actor: str, action: str, target: str, reason: str | None, details: dict[str, Any]
     ) -> None:
-        args = {
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "reason": reason,
-            "details": Jsonb(details),
-        }
-        self._one("ops_audit", args)
+        self._one("ops_audit", _audit_args(actor, action, target, reason, details))
 
     # -- metrics and broker dead letters ---------------------------------------------------
 
@@ -94,19 +87,25 @@ def _json(args: dict[str, Any], name: str) -> dict[str, Any]:
     return {**args, name: Jsonb(args[name])}
 
 
-@contextmanager
-def audited(
-    url: str, actor: str, action: str, target: str, reason: str, details: dict[str, Any]
-) -> Iterator[None]:
-    """Record an operator's action and do it: the audit row commits only if the body returns
-    (for actions outside PostgreSQL, such as a breaker override in Redis)."""
-    args = {
+def _audit_args(
+    actor: str, action: str, target: str, reason: str | None, details: dict[str, Any]
+) -> dict[str, Any]:
+    """The parameters of ``ops_audit``: one ``operator_actions`` row."""
+    return {
         "actor": actor,
         "action": action,
         "target": target,
         "reason": reason,
         "details": Jsonb(details),
     }
+
+
+@contextmanager
+def audited(
+    url: str, actor: str, action: str, target: str, reason: str, details: dict[str, Any]
+) -> Iterator[None]:
+    """Record an operator's action and do it: the audit row commits only if the body returns
+    (for actions outside PostgreSQL, such as a breaker override in Redis)."""
     with connect(url) as conn:
-        conn.execute(q("ops_audit"), args)
+        conn.execute(q("ops_audit"), _audit_args(actor, action, target, reason, details))
         yield

@@ -1,19 +1,21 @@
 """The clock: one active scheduler (a PostgreSQL advisory lock) running periodic passes.
 
 ``run_once()`` is one pass, which tests and ``orchestrator reconcile --once`` call directly.
-Each task (a :class:`Task`, one module of :mod:`orchestrator.maintenance` each) has
+Each task (a :class:`Task`, built by :func:`default_tasks`) has
 ``run_once() -> int``, how many rows it acted on, and ``preview() -> int`` for ``--dry-run``:
 
 * ``leases_expired`` (:mod:`~orchestrator.maintenance.leases`): ``running`` jobs whose lease
   passed become ``unknown`` (their worker died, maybe mid-call) and are sent to be resolved;
-* ``dispatched`` (:mod:`~orchestrator.maintenance.dispatch`): due jobs with no message sent
-  within the grace get one: a lost message, Redis emptied, a crash between commit and send;
-* ``attempts_deleted`` (:mod:`~orchestrator.maintenance.retention`): attempt rows of finished
-  jobs past the retention window;
-* ``webhooks_redispatched`` (:mod:`~orchestrator.maintenance.webhooks`): webhook events stored
-  but not processed within the grace get their processing message again;
-* ``webhook_events_deleted`` (:mod:`~orchestrator.maintenance.retention`): settled webhook
-  events past their retention window;
+* ``dispatched`` (a :class:`~orchestrator.maintenance.sweeps.Resend`): due jobs (pending,
+  retrying, unknown, processing) with no message sent within the grace get one: a lost
+  message, Redis emptied, a crash between commit and send;
+* ``attempts_deleted`` (a :class:`~orchestrator.maintenance.sweeps.DeleteOld`): attempt rows
+  of finished jobs past the retention window;
+* ``webhooks_redispatched`` (a :class:`~orchestrator.maintenance.sweeps.Resend`): webhook
+  events stored but not processed within the grace (their message was lost, or processing
+  failed and released them) get their processing message again;
+* ``webhook_events_deleted`` (a :class:`~orchestrator.maintenance.sweeps.DeleteOld`): settled
+  webhook events past their retention window;
 * ``dead_letters_reconciled`` (:mod:`~orchestrator.maintenance.deadletters`): messages
   dramatiq dead-lettered in Redis, copied to PostgreSQL for operators (and re-sent when
   their job is still live).
@@ -31,6 +33,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import psycopg
@@ -40,10 +43,9 @@ from orchestrator.db.pool import Conn, connect, listen, try_advisory_lock
 from orchestrator.logs import get_logger
 from orchestrator.maintenance import BATCH_LIMIT
 from orchestrator.maintenance.deadletters import ReconcileDeadLetters
-from orchestrator.maintenance.dispatch import DispatchDue
 from orchestrator.maintenance.leases import ExpireLeases
-from orchestrator.maintenance.retention import DeleteOldAttempts, DeleteOldEvents
-from orchestrator.maintenance.webhooks import RedispatchStaleEvents
+from orchestrator.maintenance.sweeps import DeleteOld, Resend
+from orchestrator.webhooks.ingest import send_process_message
 
 log = get_logger(__name__)
 
@@ -90,13 +92,36 @@ class PassReport:
 def default_tasks(orch: Orchestrator, owner: str) -> list[Task]:
     """Every task, in the order a pass runs them."""
     store, dispatcher, settings = orch.store, orch.dispatcher, orch.settings
+    grace_s = settings.dispatch_grace_s
     return [
         ExpireLeases(store, dispatcher, owner),
-        DispatchDue(store, dispatcher, settings),
-        DeleteOldAttempts(store, settings),
+        Resend(
+            "dispatched",
+            "clock.jobs_redispatched",
+            partial(store.due_for_dispatch, grace_s),
+            partial(store.count_due_for_dispatch, grace_s),
+            dispatcher.send,
+        ),
+        DeleteOld(
+            "attempts_deleted",
+            settings.attempt_retention_days,
+            store.delete_old_attempts,
+            store.count_old_attempts,
+        ),
         # Webhook events stored but left unprocessed (their message was lost): sent again.
-        RedispatchStaleEvents(store, dispatcher, settings),
-        DeleteOldEvents(store, settings),
+        Resend(
+            "webhooks_redispatched",
+            "clock.webhook_events_redispatched",
+            partial(store.stale_webhook_events, grace_s),
+            partial(store.count_stale_webhook_events, grace_s),
+            partial(send_process_message, dispatcher),
+        ),
+        DeleteOld(
+            "webhook_events_deleted",
+            settings.event_retention_days,
+            store.delete_old_webhook_events,
+            store.count_old_webhook_events,
+        ),
         # Messages dramatiq dead-lettered in Redis: recorded for operators, live jobs re-sent.
         ReconcileDeadLetters(store, dispatcher, settings, owner),
     ]

@@ -3,32 +3,25 @@ maybe mid-call) and are sent to be resolved by lookup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from functools import partial
 
 from orchestrator.broker import Dispatcher
 from orchestrator.db.store import Store
-from orchestrator.logs import get_logger
-from orchestrator.maintenance import BATCH_LIMIT
-
-log = get_logger(__name__)
+from orchestrator.maintenance.sweeps import Resend
 
 
-@dataclass(frozen=True, slots=True)
-class ExpireLeases:
-    name: ClassVar[str] = "leases_expired"
-    store: Store
-    dispatcher: Dispatcher
-    owner: str
-    limit: int = BATCH_LIMIT
+class ExpireLeases(Resend[str]):
+    """The :class:`Resend` of jobs whose lease expired (each one logged as a warning: a worker
+    died); :meth:`~Resend.run_once` marks them ``unknown`` as it selects them."""
 
-    def run_once(self) -> int:
-        expired = self.store.expire_leases(self.owner, self.limit)
-        for job_id in expired:
-            self.dispatcher.send(job_id)
-        if expired:
-            log.warning("clock.leases_expired", count=len(expired))
-        return len(expired)
+    __slots__ = ()
 
-    def preview(self) -> int:
-        return self.store.count_expired_leases()
+    def __init__(self, store: Store, dispatcher: Dispatcher, owner: str) -> None:
+        super().__init__(
+            "leases_expired",
+            "clock.leases_expired",
+            partial(store.expire_leases, owner),
+            store.count_expired_leases,
+            dispatcher.send,
+            warn=True,
+        )

@@ -75,18 +75,17 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _breakers(breakers: Sequence[dict[str, Any]]) -> str:
-    if not breakers:
-        return "<h2>Breakers</h2><p>No breaker state available.</p>"
-    rows = "".join(
-        f"<tr><td>{escape(str(b.get('provider')))}</td><td>{escape(str(b.get('state')))}</td>"
-        f"<td>{escape(str(b.get('consecutive_failures', '')))}</td>"
-        f"<td>{escape(str(b.get('next_probe_at') or ''))}</td></tr>"
+    rows = [
+        [
+            b.get("provider"),
+            b.get("state"),
+            b.get("consecutive_failures", ""),
+            b.get("next_probe_at") or "",
+        ]
         for b in breakers
-    )
-    head = (
-        "<tr><th>provider</th><th>state</th><th>consecutive failures</th><th>next probe</th></tr>"
-    )
-    return f'<h2>Breakers</h2><table id="breakers">{head}{rows}</table>'
+    ]
+    columns = ["provider", "state", "consecutive failures", "next probe"]
+    return _table("Breakers", "breakers", columns, rows, "No breaker state available.")
 
 
 def _dlq(dead: Sequence[Job], csrf: str) -> str:
@@ -119,15 +118,23 @@ def _dlq(dead: Sequence[Job], csrf: str) -> str:
 
 
 def _broker(letters: Sequence[dict[str, Any]]) -> str:
-    if not letters:
-        return "<h2>Broker dead letters</h2><p>None.</p>"
-    rows = "".join(
-        f"<tr><td>{escape(str(x['dead_lettered_at']))}</td><td>{escape(str(x['job_id']))}</td>"
-        f"<td>{escape(str(x['job_state']))}</td><td>{escape(str(x['action']))}</td></tr>"
-        for x in letters
+    rows = [[x["dead_lettered_at"], x["job_id"], x["job_state"], x["action"]] for x in letters]
+    columns = ["dead-lettered", "job", "job state then", "action"]
+    return _table("Broker dead letters", "broker", columns, rows, "None.")
+
+
+def _table(
+    title: str, table_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
+) -> str:
+    """A titled table (a header row, then one row a item, every cell escaped), or the title
+    and ``empty`` when there are no rows."""
+    if not rows:
+        return f"<h2>{title}</h2><p>{empty}</p>"
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
     )
-    head = "<tr><th>dead-lettered</th><th>job</th><th>job state then</th><th>action</th></tr>"
-    return f'<h2>Broker dead letters</h2><table id="broker">{head}{rows}</table>'
+    return f'<h2>{title}</h2><table id="{table_id}"><tr>{head}</tr>{body}</table>'
 
 
 def attempts_chart(points: Sequence[dict[str, Any]], now: datetime) -> str:

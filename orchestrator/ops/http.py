@@ -55,6 +55,8 @@ MAX_BODY_BYTES = 64 * 1024
 DASHBOARD_ACTOR = "http:dashboard"
 
 Handler = Callable[[Request], Awaitable[Response]]
+# A JSON API handler: the request and its parsed JSON body ({} for a GET) -> the JSON answer.
+ApiHandler = Callable[[Request, dict[str, Any]], Any]
 # The broker's dead letters, newest first, at most the given number (JSON-ready).
 DeadLetters = Callable[[int], list[dict[str, Any]]]
 
@@ -101,6 +103,18 @@ class OpsAuth:
         return bool(candidate) and hmac.compare_digest(candidate, self.csrf_for(cookie))
 
 
+class _Surface:
+    """What the JSON API and the dashboard both serve from."""
+
+    def __init__(
+        self, ops: Operations, auth: OpsAuth, breaker: SharedBreaker, dead_letters: DeadLetters
+    ) -> None:
+        self.ops = ops
+        self.auth = auth
+        self._breaker = breaker
+        self._dead_letters = dead_letters
+
+
 def ops_routes(
     ops: Operations,
     *,
@@ -113,19 +127,27 @@ def ops_routes(
     auth = OpsAuth(token)
     api = _Api(ops, auth, breaker, dead_letters)
     dash = _Dashboard(ops, auth, breaker, dead_letters)
+    # The JSON API: every handler behind the bearer check (api.guard), by method and path.
+    api_get: dict[str, ApiHandler] = {
+        "/ops/openapi.json": api.openapi,
+        "/ops/api/counts": api.counts,
+        "/ops/api/attempts": api.attempts,
+        "/ops/api/breaker": api.breaker,
+        "/ops/api/jobs": api.jobs,
+        "/ops/api/jobs/{job_id}": api.job,
+        "/ops/api/dlq": api.dlq,
+        "/ops/api/dlq/broker": api.broker_dead_letters,
+        "/ops/api/dlq/{job_id}": api.job,
+    }
+    api_post: dict[str, ApiHandler] = {
+        "/ops/api/dlq/replay": api.replay_bulk,
+        "/ops/api/dlq/{job_id}/replay": api.replay,
+        "/ops/api/dlq/{job_id}/discard": api.discard,
+    }
     return [
-        Route("/ops/openapi.json", api.guard(api.openapi), methods=["GET"]),
-        Route("/ops/api/counts", api.guard(api.counts), methods=["GET"]),
-        Route("/ops/api/attempts", api.guard(api.attempts), methods=["GET"]),
-        Route("/ops/api/breaker", api.guard(api.breaker), methods=["GET"]),
-        Route("/ops/api/jobs", api.guard(api.jobs), methods=["GET"]),
-        Route("/ops/api/jobs/{job_id}", api.guard(api.job), methods=["GET"]),
-        Route("/ops/api/dlq", api.guard(api.dlq), methods=["GET"]),
-        Route("/ops/api/dlq/broker", api.guard(api.broker_dead_letters), methods=["GET"]),
-        Route("/ops/api/dlq/replay", api.guard(api.replay_bulk), methods=["POST"]),
-        Route("/ops/api/dlq/{job_id}", api.guard(api.job), methods=["GET"]),
-        Route("/ops/api/dlq/{job_id}/replay", api.guard(api.replay), methods=["POST"]),
-        Route("/ops/api/dlq/{job_id}/discard", api.guard(api.discard), methods=["POST"]),
+        *(Route(path, api.guard(h), methods=["GET"]) for path, h in api_get.items()),
+        *(Route(path, api.guard(h), methods=["POST"]) for path, h in api_post.items()),
+        # The dashboard: a session cookie, and a CSRF token on every POST.
         Route("/ops/", dash.index, methods=["GET"]),
         Route("/ops/login", dash.login, methods=["POST"]),
         Route("/ops/logout", dash.logout, methods=["POST"]),
@@ -141,16 +163,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class _Api:
-    def __init__(
-        self, ops: Operations, auth: OpsAuth, breaker: SharedBreaker, dead_letters: DeadLetters
-    ) -> None:
-        self.ops = ops
-        self.auth = auth
-        self._breaker = breaker
-        self._dead_letters = dead_letters
-
-    def guard(self, handler: Callable[[Request, dict[str, Any]], Any]) -> Handler:
+class _Api(_Surface):
+    def guard(self, handler: ApiHandler) -> Handler:
         """401 without the bearer token; errors mapped to 4xx; the handler runs in a thread."""
 
         async def endpoint(request: Request) -> Response:
@@ -218,7 +232,8 @@ class _Api:
 
     def discard(self, request: Request, body: dict[str, Any]) -> Any:
         reason = _str_field(body, "reason") or ""
-        job = self.ops.discard(request.path_params["job_id"], _actor(request), reason)
+        force = body.get("force") is True
+        job = self.ops.discard(request.path_params["job_id"], _actor(request), reason, force=force)
         return job.to_dict()
 
     def replay_bulk(self, request: Request, body: dict[str, Any]) -> Any:
@@ -319,15 +334,7 @@ def _breaker_states(breaker: SharedBreaker) -> list[dict[str, Any]]:
 # -- dashboard -----------------------------------------------------------------------------
 
 
-class _Dashboard:
-    def __init__(
-        self, ops: Operations, auth: OpsAuth, breaker: SharedBreaker, dead_letters: DeadLetters
-    ) -> None:
-        self.ops = ops
-        self.auth = auth
-        self._breaker = breaker
-        self._dead_letters = dead_letters
-
+class _Dashboard(_Surface):
     def _session(self, request: Request) -> str | None:
         cookie = request.cookies.get(SESSION_COOKIE)
         return cookie if cookie and self.auth.session_ok(cookie) else None

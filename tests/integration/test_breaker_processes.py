@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.breaker import BreakerConfig, Permit, RedisBreaker, Signal, redis_client
-from tests.conftest import TEST_REDIS_URL, count_jobs, test_settings, wait_until
+from tests.conftest import TEST_REDIS_URL, count_jobs, settings_like, wait_until
 from tests.processes import settings_env, spawn, worker_args
 
 OUTAGE_S = 20.0
@@ -32,9 +32,8 @@ def test_outage_across_two_worker_processes(orch: Any, simulator: Any, tmp_path:
     """100 charges due during a 20 s total outage, 2 worker processes x 4 threads: the provider
     sees at most threshold + calls in flight + one probe per cooldown; afterwards all 100
     succeed with one PaymentIntent each, none dead, every attempt a real provider call."""
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
+    settings = settings_like(
+        orch,
         simulator.url,
         breaker_failure_threshold=THRESHOLD,
         breaker_cooldown_s=COOLDOWN_S,

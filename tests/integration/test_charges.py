@@ -205,18 +205,11 @@ def test_exhausted_attempts_end_dead_with_last_error(orch: Any, simulator: Any) 
 
 def test_no_retry_is_scheduled_past_the_horizon(orch: Any, simulator: Any) -> None:
     """With a horizon shorter than the next backoff, a not-executed failure goes `dead` at once."""
-    from orchestrator.api import Orchestrator
-    from tests.conftest import test_settings
+    from tests.conftest import orchestrator_like
 
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        retry_horizon_s=1.0,
-        backoff_base_s=30.0,
-        backoff_max_s=60.0,
+    short = orchestrator_like(
+        orch, simulator.url, retry_horizon_s=1.0, backoff_base_s=30.0, backoff_max_s=60.0
     )
-    short = Orchestrator(settings, store=orch.store, broker=orch.broker)
     simulator.set_faults("stripe", rate_429=1.0)
     job = short.charge(500, "eur", None, "pm_card_visa", "horizon-1")
     assert short.executor().run(job.id) is JobState.DEAD
@@ -266,14 +259,9 @@ def test_charge_does_not_wait_for_redis(orch: Any, simulator: Any) -> None:
     from structlog.testing import capture_logs
 
     from orchestrator.api import Orchestrator
-    from tests.conftest import test_settings
+    from tests.conftest import settings_like
 
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        redis_url="redis://127.0.0.1:1/0",
-    )
+    settings = settings_like(orch, simulator.url, redis_url="redis://127.0.0.1:1/0")
     with capture_logs() as logs:
         cut_off = Orchestrator(settings, store=orch.store)
         started = time.monotonic()

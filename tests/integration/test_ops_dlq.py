@@ -23,7 +23,7 @@ from orchestrator.maintenance.clock import Clock
 from orchestrator.ops.filters import JobFilter
 from orchestrator.ops.replay import ReplayAction
 from orchestrator.ops.service import Operations
-from tests.conftest import count_jobs, test_settings, wait_until
+from tests.conftest import count_jobs, orchestrator_like, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +36,8 @@ def _clean_ops_tables(orch: Any) -> Iterator[None]:
 @pytest.fixture
 def one_shot(orch: Any, simulator: Any) -> Iterator[Orchestrator]:
     """An Orchestrator sharing the session's store and broker whose jobs get one attempt."""
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
+    yield orchestrator_like(
+        orch,
         simulator.url,
         max_attempts=1,
         # Faults below are the point of these tests: the breaker must not hide them.
@@ -47,7 +46,6 @@ def one_shot(orch: Any, simulator: Any) -> Iterator[Orchestrator]:
         breaker_min_calls=1000,
         rate_limits="stripe=100000",
     )
-    yield Orchestrator(settings, store=orch.store, broker=orch.broker)
 
 
 def _charge(o: Any, key: str, amount: int = 1000) -> Any:
@@ -225,10 +223,11 @@ def test_replay_after_saved_500_uses_the_next_generation(
 def test_replay_adopts_a_success_the_provider_already_holds(
     one_shot: Any, orch: Any, simulator: Any
 ) -> None:
-    """A charge that executed but answered 500, then hid from search until it went dead: the
-    replay finds the successful PaymentIntent and adopts it (dead -> succeeded), calling nothing."""
+    """A customerless charge (only search can find it) that executed but answered 500, then hid
+    from search longer than the grace until it went dead: the replay finds the successful
+    PaymentIntent and adopts it (dead -> succeeded), calling nothing."""
     simulator.set_faults("stripe", rate_500_after_execute=1.0, search_lag_s=3600)
-    job = _charge(one_shot, "radopt")
+    job = one_shot.charge(1000, "usd", None, "pm_card_visa", "radopt")
     _die(one_shot, job.id, simulator, search_lag_s=3600)
     simulator.set_faults("stripe")
     posts_before = len([r for r in simulator.requests_log() if r["method"] == "POST"])
@@ -244,20 +243,12 @@ def test_replay_adopts_a_success_the_provider_already_holds(
 def test_replay_waits_while_search_cannot_prove_absence(
     one_shot: Any, orch: Any, simulator: Any
 ) -> None:
-    """Within the search grace after the last call, a saved-500 job is not replayed."""
+    """Within the search grace after the last call, a saved-500 customerless job (only search
+    can find it) is not replayed."""
     simulator.set_faults("stripe", rate_500=1.0)
-    job = _charge(one_shot, "rgrace")
+    job = one_shot.charge(1000, "usd", None, "pm_card_visa", "rgrace")
     _die(one_shot, job.id, simulator)
-    slow = Orchestrator(
-        test_settings(
-            orch.settings.database_url,
-            orch.settings.redis_namespace,
-            simulator.url,
-            search_grace_s=600,
-        ),
-        store=orch.store,
-        broker=orch.broker,
-    )
+    slow = orchestrator_like(orch, simulator.url, search_grace_s=600)
     result = Operations.from_orchestrator(slow).replay(job.id, "cli:dave")
     assert result.action is ReplayAction.SKIP and "search" in result.reason
     assert orch.job(job.id).state is JobState.DEAD
@@ -457,3 +448,31 @@ def test_a_message_dead_lettered_by_dramatiq_shows_up_and_its_job_is_resent(orch
     ]
     assert client.llen(f"{orch.settings.redis_namespace}:{queue}") == 1
     client.close()
+
+
+def test_discard_refuses_while_the_provider_holds_the_money(
+    cli_env: Any, orch: Any, simulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead charge whose PaymentIntent succeeded at Stripe: discard exits 1 with one line
+    saying why (the ledger would lie), and changes nothing; --force discards it, audited with
+    what the provider held."""
+    simulator.set_faults("stripe", rate_500_after_execute=1.0)  # executed, 500 saved
+    job = _charge(orch, "discard-held")
+    assert orch.executor().run(job.id) is JobState.UNKNOWN
+    simulator.set_faults("stripe")
+    with _db(orch) as conn:
+        conn.execute(
+            "UPDATE jobs SET state = 'dead', dead_reason = 'unresolved', changed_by = 'test', "
+            "change_reason = 'test' WHERE id = %s",
+            (job.id,),
+        )
+    assert cli_env(["dlq", "discard", job.id, "--reason", "looks stale"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds pi_" in err and "--force" in err
+    assert orch.job(job.id).state is JobState.DEAD
+    assert cli_env(["dlq", "discard", job.id, "--reason", "refunded by hand", "--force"]) == 0
+    capsys.readouterr()
+    assert orch.job(job.id).state is JobState.CANCELLED
+    (action,) = Operations.from_orchestrator(orch).show(job.id).actions
+    assert action["details"]["forced"] is True
+    assert action["details"]["provider_status"] == "succeeded"

@@ -17,10 +17,9 @@ import psycopg
 import pytest
 import requests
 
-from orchestrator.api import Orchestrator
 from orchestrator.models import JobState
 from orchestrator.ops.openapi import OPENAPI
-from tests.conftest import test_settings
+from tests.conftest import orchestrator_like
 
 TOKEN = "ops-test-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,10 +50,7 @@ def server(orch: Any, simulator: Any) -> Iterator[str]:
     """create_app() with ORCHESTRATOR_OPS_TOKEN set, live on an ephemeral port."""
     from orchestrator.web import create_app
 
-    settings = test_settings(
-        orch.settings.database_url, orch.settings.redis_namespace, simulator.url, ops_token=TOKEN
-    )
-    with _serve(create_app(Orchestrator(settings, store=orch.store, broker=orch.broker))) as url:
+    with _serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
         yield url
 
 

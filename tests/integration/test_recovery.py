@@ -15,22 +15,16 @@ import redis
 from orchestrator import JobState
 from orchestrator.api import Orchestrator
 from orchestrator.maintenance.clock import Clock
-from tests.conftest import count_jobs, test_settings, wait_until
+from tests.conftest import count_jobs, orchestrator_like, settings_like, test_settings, wait_until
 from tests.processes import clock_args, settings_env, spawn, wait_for_log, worker_args
 
 
 @pytest.fixture
 def fast_orch(orch: Any, simulator: Any) -> Any:
     """The session orchestrator's store and broker with short leases (7 s) for crash tests."""
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        lease_margin_s=1.0,
-        dispatch_grace_s=0.5,
-        clock_interval_s=0.5,
+    return orchestrator_like(
+        orch, simulator.url, lease_margin_s=1.0, dispatch_grace_s=0.5, clock_interval_s=0.5
     )
-    return Orchestrator(settings, store=orch.store, broker=orch.broker)
 
 
 def _enqueue(orch: Any, n: int, prefix: str) -> list[Any]:
@@ -87,9 +81,8 @@ def test_redis_flushed_with_jobs_queued_and_delayed(
     """Redis loses every message (queued and delayed retries): the clock's sweep re-sends from
     PostgreSQL and all 200 complete, none twice."""
     simulator.set_faults("stripe", rate_429=0.5, first_try_only=True, latency_ms=20)
-    settings = test_settings(
-        fast_orch.settings.database_url,
-        fast_orch.settings.redis_namespace,
+    settings = settings_like(
+        fast_orch,
         simulator.url,
         lease_margin_s=1.0,
         dispatch_grace_s=0.5,
@@ -217,13 +210,7 @@ def test_pending_charge_is_polled_until_final(orch: Any, worker: Any, simulator:
 
 def test_stuck_pending_goes_dead(orch: Any, simulator: Any) -> None:
     """Still pending past the configured age: `dead` with reason stuck_pending."""
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        stuck_pending_s=0.5,
-    )
-    short = Orchestrator(settings, store=orch.store, broker=orch.broker)
+    short = orchestrator_like(orch, simulator.url, stuck_pending_s=0.5)
     simulator.set_faults("stripe", processing_delay_s=3600)
     job = short.charge(700, "usd", None, "pm_sim_processing", "stuck-1")
     executor = short.executor()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator import ConfigError, IdempotencyConflict, JobState
-from tests.conftest import count_jobs, test_settings, wait_until
+from tests.conftest import count_jobs, orchestrator_like, wait_until
 
 SENDER = "billing@example.com"
 TEMPLATE = "d-" + "a" * 32
@@ -130,15 +130,7 @@ def test_unconfigured_provider_is_dead_without_a_call(orch: Any, simulator: Any)
 def test_template_send_and_default_sender(orch: Any, simulator: Any) -> None:
     """A template send carries template_id and dynamic data; the sender defaults to
     ORCHESTRATOR_EMAIL_FROM, and with neither the call is refused."""
-    from orchestrator.api import Orchestrator
-
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        email_from="hello@example.com",
-    )
-    with_default = Orchestrator(settings, store=orch.store, broker=orch.broker)
+    with_default = orchestrator_like(orch, simulator.url, email_from="hello@example.com")
     job = with_default.send_email(
         "ana@example.com",
         None,

@@ -22,11 +22,7 @@
 --   rate_limited  denied by the token bucket or a 429's Retry-After (wait_ms)
 -- A denial changes nothing, so the caller's attempt is not consumed.
 
-local now = tonumber(ARGV[1])
-if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- `now` (ms) is set from ARGV[1] by now.lua, which is loaded in front of this script.
 
 local b = redis.call('HMGET', KEYS[1], 'state', 'next_probe_ms', 'probe_until_ms', 'override')
 local state = b[1] or 'closed'

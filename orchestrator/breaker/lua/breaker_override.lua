@@ -15,11 +15,7 @@
 --
 -- Returns {state, changed (0|1)}.
 
-local now = tonumber(ARGV[1])
-if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- `now` (ms) is set from ARGV[1] by now.lua, which is loaded in front of this script.
 local action = ARGV[2]
 local cooldown = tonumber(ARGV[5])
 

@@ -20,11 +20,7 @@
 -- Returns {state, changed (0|1), why ("" when unchanged)}. Only the probe holder moves a half-open breaker; calls
 -- that were in flight when it tripped report into an open breaker and change nothing.
 
-local now = tonumber(ARGV[1])
-if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- `now` (ms) is set from ARGV[1] by now.lua, which is loaded in front of this script.
 local signal = ARGV[2]
 
 if signal == 'rate_limited' then

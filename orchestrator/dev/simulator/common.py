@@ -62,6 +62,12 @@ class StripeError(Exception):
         return json_response(self.status, {"error": self.error}, saveable=self.saveable)
 
 
+def refused(message: str, code: str, param: str | None = None) -> StripeError:
+    """A 400 about the objects' state (not the request's shape): saved under the idempotency
+    key like a success, as Stripe does."""
+    return StripeError(400, message, code=code, param=param, saveable=True)
+
+
 def stripe_error(status: int, type_: str, message: str, code: str | None = None) -> Response:
     return StripeError(status, message, type_=type_, code=code).response()
 

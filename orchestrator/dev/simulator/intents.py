@@ -11,13 +11,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from orchestrator.dev.simulator.common import Response, StripeError, json_response
+from orchestrator.dev.simulator.common import Response, StripeError, json_response, refused
 from orchestrator.dev.simulator.events import emit
 from orchestrator.dev.simulator.intent_params import ConfirmOptions, parse_intent_params
 from orchestrator.dev.simulator.params import (
     Call,
-    created_filter,
-    list_page,
+    filtered_page,
     one_of,
     param_str,
     parse_amount,
@@ -203,13 +202,7 @@ def list_intents(state: State, call: Call) -> Response:
         if record.account == call.account:
             settle(state, record, now)
             newest_first.append(record.obj)
-    customer = param_str(call.params, "customer")
-    created_ok = created_filter(call.params)
-
-    def matches(obj: dict[str, Any]) -> bool:
-        return (customer is None or obj["customer"] == customer) and created_ok(obj["created"])
-
-    return list_page(newest_first, matches, call.params, "/v1/payment_intents")
+    return filtered_page(newest_first, call.params, "/v1/payment_intents", "customer")
 
 
 def search_intents(state: State, call: Call) -> Response:
@@ -298,13 +291,11 @@ def capture_intent(state: State, call: Call) -> Response:
         )
     capturable = int(obj["amount_capturable"])
     if amount is not None and amount > capturable:
-        raise StripeError(
-            400,
+        raise refused(
             f"The amount_to_capture ({amount}) must be less than or equal to the "
             f"PaymentIntent's amount_capturable ({capturable}).",
-            code="amount_too_large",
-            param="amount_to_capture",
-            saveable=True,
+            "amount_too_large",
+            "amount_to_capture",
         )
     obj["status"] = "succeeded"
     obj["amount_received"] = capturable if amount is None else amount

@@ -168,6 +168,20 @@ def created_filter(params: Mapping[str, Any]) -> Callable[[int], bool]:
     return lambda created: all(test(created, bound) for test, bound in bounds)
 
 
+def filtered_page(
+    newest_first: Sequence[dict[str, Any]], params: Mapping[str, Any], url: str, field: str
+) -> Response:
+    """:func:`list_page` over the objects whose ``field`` is the ``field`` parameter (when
+    given) and whose ``created`` passes the ``created[...]`` filters."""
+    wanted = param_str(params, field)
+    created_ok = created_filter(params)
+
+    def matches(obj: dict[str, Any]) -> bool:
+        return (wanted is None or obj[field] == wanted) and created_ok(obj["created"])
+
+    return list_page(newest_first, matches, params, url)
+
+
 def list_page(
     newest_first: Sequence[dict[str, Any]],
     matches: Callable[[dict[str, Any]], bool],

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchestrator.dev.simulator.common import Response, StripeError, json_response, stripe_error
+from orchestrator.dev.simulator.common import (
+    Response,
+    StripeError,
+    json_response,
+    refused,
+    stripe_error,
+)
 from orchestrator.dev.simulator.events import charge_of, emit
 from orchestrator.dev.simulator.intents import (
     cancel_intent,
@@ -22,8 +28,7 @@ from orchestrator.dev.simulator.intents import (
 )
 from orchestrator.dev.simulator.params import (
     Call,
-    created_filter,
-    list_page,
+    filtered_page,
     one_of,
     param_str,
     parse_amount,
@@ -125,49 +130,33 @@ def get_refund(state: State, call: Call) -> Response:
 
 def list_refunds(state: State, call: Call) -> Response:
     """Newest first; ``payment_intent`` and ``created[...]`` filters; the caller's account."""
-    params = call.params
-    pi_id = param_str(params, "payment_intent")
-    created_ok = created_filter(params)
     newest_first = [
         state.refunds[refund_id]
         for refund_id in reversed(state.refunds)
         if state.refund_accounts.get(refund_id) == call.account
     ]
-
-    def matches(refund: dict[str, Any]) -> bool:
-        return (pi_id is None or refund["payment_intent"] == pi_id) and created_ok(
-            refund["created"]
-        )
-
-    return list_page(newest_first, matches, params, "/v1/refunds")
+    return filtered_page(newest_first, call.params, "/v1/refunds", "payment_intent")
 
 
 def _refundable_amount(pi: Mapping[str, Any], requested: int | None) -> int:
     """Validate a refund against what remains on a succeeded intent."""
     if pi["status"] != "succeeded":
-        raise StripeError(
-            400,
+        raise refused(
             f"This PaymentIntent ({pi['id']}) does not have a successful charge to refund.",
-            code="charge_not_refundable",
-            param="payment_intent",
-            saveable=True,
+            "charge_not_refundable",
+            "payment_intent",
         )
     remaining = int(pi["amount_received"]) - int(pi["amount_refunded"])
     if remaining <= 0:
-        raise StripeError(
-            400,
-            f"Charge {pi['latest_charge']} has already been refunded.",
-            code="charge_already_refunded",
-            saveable=True,
+        raise refused(
+            f"Charge {pi['latest_charge']} has already been refunded.", "charge_already_refunded"
         )
     if requested is not None and requested > remaining:
-        raise StripeError(
-            400,
+        raise refused(
             f"Refund amount ({requested}) is greater than unrefunded amount on charge "
             f"({remaining})",
-            code="amount_too_large",
-            param="amount",
-            saveable=True,
+            "amount_too_large",
+            "amount",
         )
     return remaining if requested is None else requested
 
