@@ -274,6 +274,14 @@ CREATE INDEX IF NOT EXISTS webhook_events_received_idx ON webhook_events (dispat
 -- Operators list events newest first, and by job.
 CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at DESC, id);
 CREATE INDEX IF NOT EXISTS webhook_events_job_idx ON webhook_events (job_id) WHERE job_id IS NOT NULL;
+-- The job named in the object's metadata (no foreign key: a provider may name a job of another
+-- database), and whether the event reports that job's success. A claim looks for such an event
+-- still unprocessed before a new attempt calls out: a webhook that came before the worker can
+-- never lead to a second charge (claim_job in queries/jobs.sql).
+ALTER TABLE webhook_events ADD COLUMN IF NOT EXISTS subject_job_id uuid;
+ALTER TABLE webhook_events ADD COLUMN IF NOT EXISTS reports_success boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS webhook_events_unprocessed_success_idx ON webhook_events (subject_job_id)
+    WHERE status = 'received' AND reports_success;
 
 -- Refunds: the sum of a charge's refunds never exceeds what was charged, even under concurrent
 -- refund requests. orch.refund() reserves the refund's amount on the charge row with one

@@ -10,7 +10,8 @@ import structlog
 
 from actors.options import actor_options
 from orchestrator import runtime
-from orchestrator.webhooks import PROCESS_ACTOR, process_event
+from orchestrator.broker import PROCESS_ACTOR
+from orchestrator.webhooks.process import process_event
 
 
 @dramatiq.actor(actor_name=PROCESS_ACTOR, **actor_options())

@@ -247,7 +247,12 @@ class Orchestrator:
             "customer": charge.customer,
             "payment_method": None,
             "parent_job_id": charge.id,
-            "params": {"payment_intent": charge.provider_ref, "metadata": request["metadata"]},
+            "params": {
+                "payment_intent": charge.provider_ref,
+                "metadata": request["metadata"],
+                # A Connect charge's refund is made on the same account.
+                **_connect_account(charge),
+            },
         }
         job, created = self._insert_or_get(conn, self._with_defaults(row))
         if created and self.store.reserve_refund(conn, charge.id, amount) is None:
@@ -402,6 +407,11 @@ def _refundable(charge: Job, requested: int | None) -> int:
             f"({remaining} of {total})"
         )
     return remaining if requested is None else requested
+
+
+def _connect_account(charge: Job) -> dict[str, Any]:
+    account = charge.params.get("stripe_account")
+    return {"stripe_account": account} if account else {}
 
 
 def _job_id(value: str) -> str:

@@ -20,6 +20,8 @@ from orchestrator.logs import get_logger
 log = get_logger(__name__)
 
 EXECUTE_ACTOR = "execute_job"
+# The worker's actor that processes one stored provider webhook event (actors/webhooks.py).
+PROCESS_ACTOR = "process_webhook_event"
 # A worker that stops heartbeating for this long has its unacked messages requeued by
 # maintenance. Postgres leases are the real guard; this only makes redelivery prompt.
 HEARTBEAT_TIMEOUT_MS = 15_000

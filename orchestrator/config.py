@@ -93,10 +93,13 @@ class Settings(BaseSettings):
     provider_read_timeout_s: float = Field(
         20.0, gt=0, le=120, validation_alias=_env("ORCHESTRATOR_PROVIDER_READ_TIMEOUT_S")
     )
-    # Stripe search is eventually consistent (usually < 1 min): an object is proven absent
-    # only when a search made this long after the last attempt finds nothing.
+    # Stripe search is eventually consistent: "under normal conditions < 1 minute", "up to an
+    # hour behind during outages" (Stripe's search docs), exactly when 5xx happen. A charge
+    # without a customer can only be found by search, so it is proven absent only when a
+    # search made this long after its last attempt finished finds nothing. Charges with a
+    # customer and refunds are looked up through consistent lists and need no grace.
     search_grace_s: float = Field(
-        60.0, ge=0, le=3600, validation_alias=_env("ORCHESTRATOR_SEARCH_GRACE_S")
+        3600.0, ge=0, le=6 * 3600, validation_alias=_env("ORCHESTRATOR_SEARCH_GRACE_S")
     )
     # How often a charge the provider reports as `processing` is polled.
     processing_poll_s: float = Field(

@@ -36,7 +36,7 @@ from orchestrator.breaker import (
     signal_of,
     signal_of_lookup_failure,
 )
-from orchestrator.broker import Dispatcher
+from orchestrator.broker import PROCESS_ACTOR, Dispatcher
 from orchestrator.config import Settings
 from orchestrator.db.store import Store
 from orchestrator.errors import ProviderUnavailable
@@ -48,6 +48,9 @@ log = get_logger(__name__)
 
 # A pending object is never polled less often than this, however old it is.
 MAX_PROCESSING_POLL_S = 3600.0
+# A job whose success event waits to be processed is looked at again after this long (the
+# event's processing settles it well before, as a rule).
+SUCCESS_EVENT_FIRST_S = 5.0
 # A lookup that could not reach the provider is tried again after this long.
 LOOKUP_RETRY_S = 5.0
 # A job for a provider this worker has no credentials for (e.g. SENDGRID_API_KEY unset) goes
@@ -173,8 +176,16 @@ def decide_lookup(
     honours_keys: bool,
     processing_poll_s: float,
     stuck_pending_s: float = float("inf"),
+    consistent: bool = False,
+    last_finished_at: datetime | None = None,
 ) -> Decision | float:
-    """Settle an ``unknown`` or ``processing`` job from a lookup, or return seconds to wait."""
+    """Settle an ``unknown`` or ``processing`` job from a lookup, or return seconds to wait.
+
+    ``consistent``: the lookup read the provider's own records (a retrieve or a list), so
+    "nothing found" is proof now. Otherwise (an eventually consistent search) absence is
+    concluded only ``search_grace_s`` after the last attempt *finished* (``last_finished_at``):
+    an object made by a call that ended later than it started is not missed.
+    """
     if found is not None:
         if found.kind is AttemptOutcome.SUCCEEDED:
             return Decision(JobState.SUCCEEDED, "lookup found a successful object")
@@ -189,9 +200,9 @@ def decide_lookup(
         # Nothing came back, so nothing was saved against the key: the same key either
         # replays the stored result or executes for the first time. Safe without proof.
         return Decision(JobState.RETRYING, "resend with the same key after no response")
-    last = job.last_attempt_at or job.updated_at
+    last = last_finished_at or job.last_attempt_at or job.updated_at
     waited = (now - last).total_seconds()
-    if waited < search_grace_s:
+    if not consistent and waited < search_grace_s:
         return search_grace_s - waited + 0.5
     if not honours_keys and not job.params.get("at_least_once"):
         return Decision(
@@ -301,6 +312,9 @@ class Executor:
         """
         owner = self._owner()
         row = self.store.claim(job_id, owner, self.settings.lease_s, self.keyed_providers)
+        if row is not None and row["state"] == JobState.DEAD:
+            log.warning("job.claim_refused", job_id=job_id, reason=DeadReason.RETRY_HORIZON)
+            return JobState.DEAD
         if row is not None:
             return self._attempt_claimed(row, owner)
         job = self.store.job(job_id)
@@ -320,11 +334,28 @@ class Executor:
         provider = self.providers.get(job.provider)
         if provider is None:
             return self._settle(job, owner, _unconfigured(job), None, None)
+        if row.get("unprocessed_success_event") is not None:
+            return self._process_success_first(job, owner, int(row["unprocessed_success_event"]))
         # Bound for this attempt only: callers outside an actor keep a clean context.
         with structlog.contextvars.bound_contextvars(
             job_id=job.id, kind=str(job.kind), provider=job.provider, attempt=job.attempts
         ):
             return self._attempt_bound(job, owner, now, provider)
+
+    def _process_success_first(self, job: Job, owner: str, event_row_id: int) -> JobState | None:
+        """A verified success event for the job is stored: no new call goes out. The job goes
+        back to ``retrying`` with its attempt given back, and the event is processed (it settles
+        the job when it matches; if it does not, the next attempt calls out as usual)."""
+        log.info("job.success_event_first", job_id=job.id, event_row_id=event_row_id)
+        decision = Decision(
+            JobState.RETRYING,
+            "a stored success event is processed before any new attempt",
+            SUCCESS_EVENT_FIRST_S,
+            refund_attempt=True,
+        )
+        state = self._settle(job, owner, decision, None, None)
+        self.dispatcher.send_to(PROCESS_ACTOR, event_row_id)
+        return state
 
     def _attempt_bound(
         self, job: Job, owner: str, now: datetime, provider: Provider
@@ -406,11 +437,17 @@ class Executor:
             honours_keys=provider.honours_idempotency_keys,
             processing_poll_s=self.settings.processing_poll_s,
             stuck_pending_s=self.settings.stuck_pending_s,
+            consistent=provider.lookup_is_consistent(job),
+            last_finished_at=self._last_finished_at(job),
         )
         if isinstance(decision, float):
             self._release(job, owner, decision)
             return job.state
         return self._settle(job, owner, decision, found, None)
+
+    def _last_finished_at(self, job: Job) -> datetime | None:
+        finished = [a.finished_at for a in self.store.attempts(job.id)]
+        return max(finished) if finished else None
 
     # -- recording -------------------------------------------------------------------------
 

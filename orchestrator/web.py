@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator import webhooks
 from orchestrator.api import Orchestrator
 from orchestrator.breaker import BreakerCollector, SharedBreaker
 from orchestrator.db import Store
@@ -24,6 +23,7 @@ from orchestrator.models import JobState
 from orchestrator.ops.http import ops_routes
 from orchestrator.ops.metrics import OpsCollector
 from orchestrator.ops.service import Operations
+from orchestrator.providers.stripe.webhooks import stripe_endpoint
 
 
 class JobsCollector(Collector):
@@ -72,7 +72,7 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics),
-            Route("/webhooks/stripe", webhooks.stripe_endpoint(orchestrator), methods=["POST"]),
+            Route("/webhooks/stripe", stripe_endpoint(orchestrator), methods=["POST"]),
             *ops,
         ],
         lifespan=lifespan,

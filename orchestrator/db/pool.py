@@ -154,7 +154,7 @@ def drop_database(admin_url: str, name: str, *, conn: Conn | None = None) -> Non
 
 def server_version(url: str) -> str:
     with connect(url) as conn:
-        row = conn.execute("SHOW server_version AS v").fetchone()
+        row = conn.execute("SELECT current_setting('server_version') AS v").fetchone()
     return str(row["v"]) if row else "?"
 
 

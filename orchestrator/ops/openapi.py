@@ -166,9 +166,14 @@ OPENAPI: dict[str, Any] = {
             _NOT_FOUND,
         ),
         "/ops/api/dlq/{job_id}/discard": _post(
-            "discard one dead job (dead -> cancelled)",
+            "discard one dead job (dead -> cancelled); refused (409) for a charge or refund the "
+            "provider holds a success or pending object for, unless force is true (audited)",
             [_JOB_ID],
-            {"type": "object", "properties": {"reason": _REASON}, "required": ["reason"]},
+            {
+                "type": "object",
+                "properties": {"reason": _REASON, "force": {"type": "boolean"}},
+                "required": ["reason"],
+            },
             {**_NOT_FOUND, **_CONFLICT},
         ),
     },

@@ -116,8 +116,10 @@ def plan_replay(
     search_grace_s: float,
     honours_keys: bool,
     budget: int,
+    consistent: bool = False,
 ) -> ReplayPlan:
-    """Decide how to replay a dead job (see the module docstring for why)."""
+    """Decide how to replay a dead job (see the module docstring for why). ``consistent``: the
+    lookup read the provider's own records, so "nothing found" needs no search grace."""
     if job.state is not JobState.DEAD:
         return ReplayPlan(ReplayAction.SKIP, f"job is {job.state}, not dead")
     if job.attempts + budget > MAX_ATTEMPTS_CEILING:
@@ -141,7 +143,7 @@ def plan_replay(
         return ReplayPlan(
             ReplayAction.SKIP, f"provider holds a pending object {found.provider_ref}"
         )
-    if seconds_since_last_call < search_grace_s:
+    if not consistent and seconds_since_last_call < search_grace_s:
         wait_s = search_grace_s - seconds_since_last_call
         return ReplayPlan(ReplayAction.SKIP, f"search not conclusive yet: try in {wait_s:.0f}s")
     what = "only a failed object" if found is not None else "nothing"

@@ -20,7 +20,15 @@ from orchestrator.config import Settings
 from orchestrator.db import OpsStore, Row, Store
 from orchestrator.errors import InvalidOperation, JobNotFound, ProviderUnavailable
 from orchestrator.logs import get_logger
-from orchestrator.models import Attempt, AttemptOutcome, Job, JobState, Transition, row_to_json
+from orchestrator.models import (
+    Attempt,
+    AttemptOutcome,
+    Job,
+    JobKind,
+    JobState,
+    Transition,
+    row_to_json,
+)
 from orchestrator.ops.filters import (
     MAX_PAGE_SIZE,
     MAX_REASON_CHARS,
@@ -179,6 +187,7 @@ class Operations:
             search_grace_s=self.settings.search_grace_s,
             honours_keys=honours,
             budget=self.settings.max_attempts,
+            consistent=provider is not None and provider.lookup_is_consistent(job),
         )
 
     def replay(self, job_id: str, actor: str, *, reason: str | None = None) -> ReplayResult:
@@ -305,22 +314,58 @@ class Operations:
 
     # -- discard ---------------------------------------------------------------------------
 
-    def discard(self, job_id: str, actor: str, reason: str) -> Job:
-        """dead -> cancelled, with a mandatory reason."""
+    def discard(self, job_id: str, actor: str, reason: str, *, force: bool = False) -> Job:
+        """dead -> cancelled, with a mandatory reason.
+
+        A charge or refund is looked up at its provider first: when the provider holds a
+        successful or pending object for it, the money moved (or may yet), so discarding
+        would make the ledger lie; that is refused (replay adopts the object instead) unless
+        ``force``, which is audited with what the provider held.
+        """
         why = reason_text(reason, required=True)
         who = actor_name(actor)
         job = self._job(job_id)
+        if job.state is not JobState.DEAD:
+            raise InvalidOperation(f"job {job.id} is {job.state}, not dead")
+        details: dict[str, Any] = {"dead_reason": job.dead_reason}
+        held = self._held_at_provider(job, force=force)
+        if held is not None:
+            details |= {"forced": True, **held}
         args = {
             "id": job.id,
             "actor": who,
-            "reason": f"discarded: {why}"[:MAX_REASON_CHARS],
-            "details": {"dead_reason": job.dead_reason},
+            "reason": f"discarded{' (forced)' if force else ''}: {why}"[:MAX_REASON_CHARS],
+            "details": details,
         }
         discarded = self.ops_store.discard(args)
         if discarded is None:
             raise InvalidOperation(f"job {job.id} is {self._job(job.id).state}, not dead")
         log.info("ops.job_discarded", job_id=job.id, actor=who)
         return discarded
+
+    def _held_at_provider(self, job: Job, *, force: bool) -> dict[str, Any] | None:
+        """What the provider holds for a dead charge or refund that forbids a discard (None:
+        nothing); raises InvalidOperation unless ``force``."""
+        provider = self.providers().get(job.provider)
+        if provider is None or job.kind not in (JobKind.CHARGE, JobKind.REFUND):
+            return None
+        try:
+            found = _find(provider, job)
+        except ProviderUnavailable as exc:
+            if force:
+                return {"provider_lookup": f"failed: {exc}"}
+            raise InvalidOperation(
+                f"job {job.id}: the provider could not be asked ({exc}); --force discards "
+                "without asking"
+            ) from exc
+        if found is None or found.kind not in (AttemptOutcome.SUCCEEDED, AttemptOutcome.PENDING):
+            return None
+        if not force:
+            raise InvalidOperation(
+                f"job {job.id}: {job.provider} holds {found.provider_ref} "
+                f"({found.provider_status}); replay adopts it, --force discards anyway"
+            )
+        return {"provider_ref": found.provider_ref, "provider_status": found.provider_status}
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -60,3 +60,9 @@ class Provider(Protocol):
     def lookup(self, job: Job) -> Outcome | None:
         """The job's object at the provider, or None when nothing is found."""
         ...
+
+    def lookup_is_consistent(self, job: Job) -> bool:
+        """Whether :meth:`lookup` returning None proves, right away, that the provider holds
+        nothing for the job (a strongly consistent read); else absence is concluded only once
+        the search grace has passed since the last attempt finished."""
+        ...

@@ -66,6 +66,9 @@ class SendGridProvider:
         paid add-on and lags by minutes), so nothing can ever be proven: always None."""
         return None
 
+    def lookup_is_consistent(self, job: Job) -> bool:
+        return False
+
 
 def mail_body(job: Job) -> dict[str, Any]:
     """The v3 mail/send body for an email job: identical on every attempt."""

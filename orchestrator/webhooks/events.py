@@ -34,6 +34,10 @@ class IncomingEvent:
     type: str
     object_id: str | None
     payload: dict[str, Any]
+    # The job named in the object's metadata, and whether the event reports that job's
+    # success: a claim looks for such an event before it lets a new attempt call out.
+    subject_job_id: str | None = None
+    reports_success: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ class ObjectReport:
     # What the payload says the object's state means; None when order matters and the
     # object is looked up at the provider instead (its current state, not the sent one).
     read_outcome: Callable[[], Outcome] | None
+    # The key generation of the request that made the object (from its metadata), if known:
+    # a failure of an older generation says nothing about the job's current attempt.
+    generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

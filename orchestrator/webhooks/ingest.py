@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from orchestrator.broker import PROCESS_ACTOR
 from orchestrator.logs import get_logger
 from orchestrator.webhooks.events import IncomingEvent, Stored, WebhookRejected
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PROCESS_ACTOR = "process_webhook_event"
 # Provider events are a few KB; 1 MiB bounds the memory one request can make us hold.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -74,6 +74,8 @@ def ingest(orch: Orchestrator, provider: str, event: IncomingEvent) -> Stored:
         "type": event.type,
         "object_id": event.object_id,
         "payload": event.payload,
+        "subject_job_id": event.subject_job_id,
+        "reports_success": event.reports_success,
     }
     row_id = orch.store.insert_webhook_event(args)
     if row_id is None:

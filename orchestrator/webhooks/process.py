@@ -40,11 +40,14 @@ READERS: dict[str, Callable[[WebhookEvent], Meaning]] = {
 # running -> processing/failed is left to the worker, which hears the same answer itself;
 # a retrying job's last attempt provably did not execute, so only a success can concern it.
 SETTLE_FROM: dict[JobState, tuple[JobState, ...]] = {
+    # dead -> succeeded: the provider holds the money, so the ledger adopts it (audited as a
+    # transition by the webhook); a success for a failed or cancelled job is drift, logged.
     JobState.SUCCEEDED: (
         JobState.RUNNING,
         JobState.RETRYING,
         JobState.UNKNOWN,
         JobState.PROCESSING,
+        JobState.DEAD,
     ),
     JobState.PROCESSING: (JobState.UNKNOWN,),
     JobState.FAILED: (JobState.UNKNOWN, JobState.PROCESSING),
@@ -147,6 +150,17 @@ def _settle(
         if target is JobState.SUCCEEDED:  # a second successful object for one job
             log.error("webhook.second_charge_detected", job_id=job.id, event_id=event.event_id)
         return Result(EventStatus.PROCESSED, f"job refers to {job.provider_ref}, not {ref}", job.id)
+    if (
+        target is JobState.FAILED
+        and report.generation is not None
+        and report.generation < job.key_generation
+    ):
+        return Result(
+            EventStatus.PROCESSED,
+            f"{label} {ref} failed under key generation {report.generation}; the job is on "
+            f"{job.key_generation}: no change",
+            job.id,
+        )
     delay_s = orch.settings.processing_poll_s if target is JobState.PROCESSING else 0.0
     args = {
         "id": job.id,
@@ -162,6 +176,20 @@ def _settle(
     if not orch.store.settle_job_from_webhook(args):
         current = orch.store.job(job.id)
         state = current.state if current else job.state
+        if target is JobState.SUCCEEDED and state in (JobState.FAILED, JobState.CANCELLED):
+            # The provider took money the ledger says it did not: never dropped as "no change".
+            log.error(
+                "ledger.drift_detected",
+                job_id=job.id,
+                state=str(state),
+                provider_ref=ref,
+                event_id=event.event_id,
+            )
+            return Result(
+                EventStatus.PROCESSED,
+                f"drift: {label} {ref} succeeded but the job is {state}",
+                job.id,
+            )
         return Result(
             EventStatus.PROCESSED, f"job is {state}: no change ({outcome.provider_status})", job.id
         )

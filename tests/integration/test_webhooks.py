@@ -2,7 +2,7 @@
 
 Deliveries are signed with ``stripe.WebhookSignature.generate_signature_header`` or sent by
 the simulator; processing runs either through the real dramatiq worker or by calling
-:func:`orchestrator.webhooks.process_event` directly where the order of events matters.
+:func:`orchestrator.webhooks.process.process_event` directly where the order of events matters.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 import stripe
 import uvicorn
 
-from orchestrator import webhooks
 from orchestrator.api import Orchestrator
 from orchestrator.maintenance.clock import Clock
-from orchestrator.models import JobState
+from orchestrator.models import JobState, WebhookEvent
 from orchestrator.web import create_app
-from tests.conftest import test_settings, wait_until
+from orchestrator.webhooks.listing import get_event, list_events
+from orchestrator.webhooks.process import process_event
+from tests.conftest import STRIPE_TEST_KEY, orchestrator_like, wait_until
 
 SECRET_OLD = "whsec_suiteOldSecret0001"
 SECRET_NEW = "whsec_suiteNewSecret0002"
@@ -46,13 +48,8 @@ class Web:
 @pytest.fixture(scope="module")
 def web(orch: Any, simulator: Any) -> Iterator[Web]:
     """The web app under uvicorn on a free loopback port, with two secrets (a rotation)."""
-    settings = test_settings(
-        orch.settings.database_url,
-        orch.settings.redis_namespace,
-        simulator.url,
-        stripe_webhook_secret=f"{SECRET_OLD}, {SECRET_NEW}",
-    )
-    web_orch = Orchestrator(settings, store=orch.store, broker=orch.broker)
+    secrets = f"{SECRET_OLD}, {SECRET_NEW}"
+    web_orch = orchestrator_like(orch, simulator.url, stripe_webhook_secret=secrets)
     config = uvicorn.Config(create_app(web_orch), log_config=None, access_log=False)
     server = uvicorn.Server(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -100,8 +97,8 @@ def event_for(obj: dict[str, Any], event_type: str, event_id: str | None = None)
     }
 
 
-def stored(orch: Any) -> list[webhooks.WebhookEvent]:
-    return webhooks.list_events(orch, limit=1000)
+def stored(orch: Any) -> list[WebhookEvent]:
+    return list_events(orch, limit=1000)
 
 
 def charge(orch: Any, key: str, pm: str = "pm_card_visa") -> Any:
@@ -118,6 +115,17 @@ def intents_for(simulator: Any, job_id: str) -> list[dict[str, Any]]:
         for pi in simulator.payment_intents()
         if pi["metadata"].get("orchestrator_job_id") == job_id
     ]
+
+
+def _charged_but_unknown(orch: Any, simulator: Any, key: str) -> tuple[Any, dict[str, Any]]:
+    """A charge whose connection was cut after Stripe executed it: the job is `unknown`, its
+    PaymentIntent (returned) succeeded."""
+    simulator.set_faults("stripe", rate_cut_after_execute=1.0)
+    job = charge(orch, key)
+    assert orch.executor().run(job.id) is JobState.UNKNOWN
+    simulator.set_faults("stripe")
+    (pi,) = intents_for(simulator, job.id)
+    return job, pi
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ def test_generate_signature_header_events_are_accepted(orch: Any, web: Web) -> N
     header = stripe.WebhookSignature.generate_signature_header(body, SECRET_OLD)
     assert post(web, body.encode(), header).status_code == 200
     (row,) = stored(orch)
-    full = webhooks.get_event(orch, row.event_id)
+    full = get_event(orch, row.event_id)
     assert full.payload == event
     assert full.object_id == "pi_sdk"
 
@@ -223,11 +231,7 @@ def test_one_event_delivered_20_times_is_processed_once(
 ) -> None:
     """10 sequential and 10 concurrent deliveries of one event: one row, one transition, and
     the `unknown` job it settles is never attempted again."""
-    simulator.set_faults("stripe", rate_cut_after_execute=1.0)
-    job = charge(orch, "wh-dup")
-    assert orch.executor().run(job.id) is JobState.UNKNOWN
-    simulator.set_faults("stripe")
-    (pi,) = intents_for(simulator, job.id)
+    job, pi = _charged_but_unknown(orch, simulator, "wh-dup")
     body, header = signed(event_for(pi, "payment_intent.succeeded"))
 
     answers = [post(web, body, header).json()["duplicate"] for _ in range(10)]
@@ -243,10 +247,10 @@ def test_one_event_delivered_20_times_is_processed_once(
     assert statuses == [200] * 10
     (row,) = stored(orch)
 
-    processed = webhooks.process_event(orch, row.id)
+    processed = process_event(orch, row.id)
     assert processed is not None
     assert (processed.status, processed.attempts, processed.job_id) == ("processed", 1, job.id)
-    assert webhooks.process_event(orch, row.id) is None  # a redelivered message: no-op
+    assert process_event(orch, row.id) is None  # a redelivered message: no-op
     done = orch.job(job.id)
     assert (done.state, done.provider_ref) == (JobState.SUCCEEDED, pi["id"])
     (settled,) = transitions_to(orch, job.id, "succeeded")
@@ -271,9 +275,9 @@ def test_late_processing_after_succeeded_leaves_the_job_succeeded(
     assert (first.type, second.type) == ("payment_intent.succeeded", "payment_intent.processing")
 
     for row in (first, second):
-        webhooks.process_event(orch, row.id)
+        process_event(orch, row.id)
     assert orch.job(job.id).state is JobState.SUCCEEDED
-    late = webhooks.get_event(orch, second.event_id)
+    late = get_event(orch, second.event_id)
     assert late.status == "processed"
     assert "no change" in (late.note or "")
     assert [t.from_state for t in transitions_to(orch, job.id, "succeeded")] == ["processing"]
@@ -294,7 +298,7 @@ def test_stale_processing_payload_never_moves_a_succeeded_job_back(orch: Any, we
     body, header = signed(event_for(pi, "payment_intent.processing"))
     assert post(web, body, header).status_code == 200
     (row,) = stored(orch)
-    result = webhooks.process_event(orch, row.id)
+    result = process_event(orch, row.id)
     assert result is not None and result.status == "processed"
     assert orch.job(job.id).state is JobState.SUCCEEDED
     assert len(orch.transitions(job.id)) == 3  # pending, running, succeeded: nothing more
@@ -330,7 +334,7 @@ def test_event_for_an_unknown_object_is_stored_and_ignored(orch: Any, web: Web) 
     body, header = signed(event_for(pi, "payment_intent.succeeded"))
     assert post(web, body, header).status_code == 200
     (row,) = stored(orch)
-    result = webhooks.process_event(orch, row.id)
+    result = process_event(orch, row.id)
     assert result is not None
     assert (result.status, result.job_id) == ("ignored", None)
 
@@ -352,7 +356,7 @@ def test_dispute_is_recorded_without_moving_the_job(orch: Any, web: Web) -> None
     body, header = signed(event_for(dispute, "charge.dispute.created"))
     assert post(web, body, header).status_code == 200
     (row,) = stored(orch)
-    result = webhooks.process_event(orch, row.id)
+    result = process_event(orch, row.id)
     assert result is not None
     assert (result.status, result.job_id) == ("processed", job.id)
     assert "dispute dp_1" in (result.note or "")
@@ -367,32 +371,19 @@ def test_clock_resends_events_whose_message_was_lost(orch: Any, web: Web, simula
     import actors  # noqa: F401  (declares the actors on the installed broker)
     from tests.conftest import _flush_namespace
 
-    simulator.set_faults("stripe", rate_cut_after_execute=1.0)
-    job = charge(orch, "wh-lost")
-    assert orch.executor().run(job.id) is JobState.UNKNOWN
-    simulator.set_faults("stripe")
-    (pi,) = intents_for(simulator, job.id)
+    job, pi = _charged_but_unknown(orch, simulator, "wh-lost")
     body, header = signed(event_for(pi, "payment_intent.succeeded"))
     assert post(web, body, header).status_code == 200
     _flush_namespace(orch.settings.redis_namespace)  # every message is gone
     (row,) = stored(orch)
-    impatient = Orchestrator(
-        test_settings(
-            orch.settings.database_url,
-            orch.settings.redis_namespace,
-            simulator.url,
-            dispatch_grace_s=0,
-        ),
-        store=orch.store,
-        broker=orch.broker,
-    )
+    impatient = orchestrator_like(orch, simulator.url, dispatch_grace_s=0)
     clock = Clock(impatient)
     assert clock.run_once(dry_run=True)["webhooks_redispatched"] == 1
     assert clock.run_once()["webhooks_redispatched"] == 1
     worker = dramatiq.Worker(orch.broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
-        wait_until(lambda: webhooks.get_event(orch, row.event_id).status == "processed")
+        wait_until(lambda: get_event(orch, row.event_id).status == "processed")
     finally:
         worker.stop(timeout=10_000)
     assert orch.job(job.id).state is JobState.SUCCEEDED
@@ -412,3 +403,122 @@ def test_simulator_duplicate_deliveries_are_stored_once(
     assert len({d["event_id"] for d in deliveries}) == 1
     (row,) = stored(orch)
     assert (row.type, row.object_id) == ("payment_intent.succeeded", orch.job(job.id).provider_ref)
+
+
+# -- Stripe's semantics: the ledger never silently disagrees --------------------------------
+
+
+def _intent_made_elsewhere(
+    simulator: Any, job: Any, generation: int = 0, pm: str = "pm_card_visa"
+) -> dict[str, Any]:
+    """A PaymentIntent for ``job`` made straight at the simulator (as if by an earlier attempt
+    whose answer we never saw)."""
+    client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": simulator.url})
+    try:
+        intent = client.v1.payment_intents.create(
+            {
+                "amount": job.amount,
+                "currency": job.currency,
+                "customer": job.customer,
+                "payment_method": pm,
+                "confirm": True,
+                "off_session": True,
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "metadata": {
+                    "orchestrator_job_id": job.id,
+                    "orchestrator_key_generation": str(generation),
+                },
+            }
+        )
+    except stripe.CardError as exc:  # a decline: the error carries the failed intent
+        failed: dict[str, Any] = (exc.json_body or {})["error"]["payment_intent"]
+        return failed
+    return dict(intent.to_dict())
+
+
+def test_a_stored_success_event_wins_over_a_new_attempt(
+    orch: Any, web: Web, simulator: Any
+) -> None:
+    """The success webhook arrived before any worker ran the job: the claim sees the stored
+    event, no PaymentIntent is created, and processing the event settles the job."""
+    job = charge(orch, "wh-success-first")
+    pi = _intent_made_elsewhere(simulator, job)
+    body, header = signed(event_for(pi, "payment_intent.succeeded"))
+    assert post(web, body, header).status_code == 200
+    posts_before = len([r for r in simulator.requests_log() if r["method"] == "POST"])
+    assert orch.executor().run(job.id) is JobState.RETRYING
+    assert len([r for r in simulator.requests_log() if r["method"] == "POST"]) == posts_before
+    assert orch.job(job.id).attempts == 0  # the claim's attempt was given back
+    (row,) = stored(orch)
+    process_event(orch, row.id)
+    done = orch.job(job.id)
+    assert (done.state, done.provider_ref) == (JobState.SUCCEEDED, pi["id"])
+    assert len(intents_for(simulator, job.id)) == 1
+
+
+def test_a_success_event_for_a_dead_charge_adopts_it(orch: Any, web: Web, simulator: Any) -> None:
+    """A dead charge whose money the provider did take: the verified success event moves it to
+    succeeded, recorded as a transition made by the webhook."""
+    job = charge(orch, "wh-dead-adopt")
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE jobs SET state = 'dead', dead_reason = 'attempts_exhausted', "
+            "changed_by = 'test', change_reason = 'made dead by the test' WHERE id = %s",
+            (job.id,),
+        )
+    pi = _intent_made_elsewhere(simulator, job)
+    body, header = signed(event_for(pi, "payment_intent.succeeded"))
+    assert post(web, body, header).status_code == 200
+    (row,) = stored(orch)
+    process_event(orch, row.id)
+    assert orch.job(job.id).state is JobState.SUCCEEDED
+    (adopted,) = transitions_to(orch, job.id, "succeeded")
+    assert adopted.from_state == "dead"
+    assert adopted.changed_by.startswith("webhook:evt_")
+
+
+def test_a_success_event_for_a_failed_charge_is_drift_not_no_change(
+    orch: Any, web: Web, simulator: Any
+) -> None:
+    """A failed job cannot move, but the provider's success is never dropped as "no change":
+    the event row says drift."""
+    job = charge(orch, "wh-drift", pm="pm_card_chargeDeclined")
+    assert orch.executor().run(job.id) is JobState.FAILED
+    pi = _intent_made_elsewhere(simulator, orch.job(job.id), generation=1)
+    body, header = signed(event_for(pi, "payment_intent.succeeded"))
+    assert post(web, body, header).status_code == 200
+    (row,) = stored(orch)
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET provider_ref = NULL WHERE id = %s", (job.id,))
+    result = process_event(orch, row.id)
+    assert result is not None
+    assert result.note is not None and result.note.startswith("drift:")
+    assert orch.job(job.id).state is JobState.FAILED
+
+
+def test_a_failure_of_an_older_key_generation_does_not_fail_the_job(
+    orch: Any, web: Web, simulator: Any
+) -> None:
+    """The job moved on to key generation 1 while generation 0's intent fails late: the
+    failure event changes nothing, since generation 1 may still succeed."""
+    simulator.set_faults("stripe", rate_500=1.0)  # a 500 saved against the key, not executed
+    job = charge(orch, "wh-old-generation")
+    assert orch.executor().run(job.id) is JobState.UNKNOWN
+    simulator.set_faults("stripe")
+    # A charge with a customer is looked up by a consistent list: nothing was made, so the
+    # next key generation is safe at once (no search grace).
+    assert orch.executor().resolve(job.id) is JobState.RETRYING
+    assert orch.job(job.id).key_generation == 1
+    simulator.set_faults("stripe", rate_500=1.0)
+    assert orch.executor().run(job.id) is JobState.UNKNOWN
+    simulator.set_faults("stripe")
+    failed = _intent_made_elsewhere(
+        simulator, orch.job(job.id), generation=0, pm="pm_card_chargeDeclined"
+    )
+    assert failed["status"] == "requires_payment_method"
+    body, header = signed(event_for(failed, "payment_intent.payment_failed"))
+    assert post(web, body, header).status_code == 200
+    (row,) = stored(orch)
+    result = process_event(orch, row.id)
+    assert result is not None and "key generation 0" in (result.note or "")
+    assert orch.job(job.id).state is JobState.UNKNOWN

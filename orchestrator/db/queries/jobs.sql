@@ -36,14 +36,24 @@ SELECT pg_notify('orchestrator_dispatch', %(id)s::text);
 -- provider under the same key rather than executed again. A provider without keys (a send)
 -- keeps the synchronous commit: there a lost claim could let the same send out twice.
 -- (CASE, unlike OR, fixes the order: set_config runs only for a keyed provider.)
+--
+-- A job past its deadline is refused in the same statement: it goes `dead` (retry_horizon)
+-- instead of `running`, so no provider key is ever sent after the retry horizon, however long
+-- the workers were down or backlogged (Stripe forgets keys 24 h after their first use, and the
+-- horizon is at most 20 h from enqueue).
 UPDATE jobs
-SET state = 'running',
-    attempts = attempts + 1,
-    lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    last_attempt_at = now(),
+SET state = CASE WHEN deadline_at <= now() THEN 'dead'::job_state
+                 ELSE 'running'::job_state END,
+    attempts = CASE WHEN deadline_at <= now() THEN attempts ELSE attempts + 1 END,
+    lease_owner = CASE WHEN deadline_at <= now() THEN NULL ELSE %(owner)s END,
+    lease_expires_at = CASE WHEN deadline_at <= now() THEN NULL
+                            ELSE now() + make_interval(secs => %(lease_s)s) END,
+    last_attempt_at = CASE WHEN deadline_at <= now() THEN last_attempt_at ELSE now() END,
+    dead_reason = CASE WHEN deadline_at <= now() THEN 'retry_horizon' ELSE dead_reason END,
     changed_by = %(owner)s::text,
-    change_reason = 'claimed for attempt ' || (attempts + 1)
+    change_reason = CASE WHEN deadline_at <= now()
+                         THEN 'claim refused: past the retry horizon, no key is sent after it'
+                         ELSE 'claimed for attempt ' || (attempts + 1) END
 WHERE id = %(id)s
   AND state IN ('pending', 'retrying')
   AND next_attempt_at <= now()
@@ -51,7 +61,12 @@ WHERE id = %(id)s
   AND CASE WHEN provider = ANY(%(keyed_providers)s::text[])
            THEN set_config('synchronous_commit', 'off', true) = 'off'
            ELSE true END
-RETURNING *, now() AS db_now;
+RETURNING *, now() AS db_now,
+    -- A verified success event for this job stored but not processed yet (a webhook came
+    -- before the worker): the executor has it processed instead of calling out again.
+    (SELECT e.id FROM webhook_events e
+     WHERE e.subject_job_id = jobs.id AND e.status = 'received' AND e.reports_success
+     ORDER BY e.id LIMIT 1) AS unprocessed_success_event;
 
 -- name: lease_for_lookup
 -- An unknown or processing job is settled by asking the provider; the lease (without a state

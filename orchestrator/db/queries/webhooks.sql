@@ -5,8 +5,10 @@
 
 -- name: insert_webhook_event
 -- Store a verified event once: a redelivery (same provider and event id) returns no row.
-INSERT INTO webhook_events (provider, event_id, type, object_id, payload)
-VALUES (%(provider)s, %(event_id)s, %(type)s, %(object_id)s, %(payload)s)
+INSERT INTO webhook_events (provider, event_id, type, object_id, payload, subject_job_id,
+                            reports_success)
+VALUES (%(provider)s, %(event_id)s, %(type)s, %(object_id)s, %(payload)s, %(subject_job_id)s,
+        %(reports_success)s)
 ON CONFLICT (provider, event_id) DO NOTHING
 RETURNING id;
 

@@ -19,9 +19,6 @@ PI_SUCCEEDED = {"succeeded", "requires_capture"}
 _PI_PENDING = {"processing"}
 
 
-_PI_FAILED = {"requires_payment_method", "requires_action", "canceled", "requires_confirmation"}
-
-
 # Refund statuses, by what they mean for the job (failed and canceled refunds moved no money).
 _REFUND_SUCCEEDED = {"succeeded"}
 
@@ -156,3 +153,37 @@ def json_object(response: stripe.StripeResponse) -> Mapping[str, Any]:
 def request_id(obj: Any) -> str | None:
     response = getattr(obj, "last_response", None)
     return getattr(response, "request_id", None) if response is not None else None
+
+
+# How a job's PaymentIntents rank when several exist (key generations): money taken first,
+# then money held or on its way, then the rest.
+_INTENT_RANK = {"succeeded": 0, "requires_capture": 1, "processing": 2}
+
+
+def best_intent(job: Job, intents: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The job's most telling PaymentIntent among ``intents`` (any listed or searched).
+
+    Only intents carrying this job's id count. A success or a pending intent of any key
+    generation speaks for the job (one job makes at most one successful intent). A failed
+    intent of an older generation says nothing about the current one, which may still
+    succeed: it is ignored, so a lookup never fails a job on a superseded attempt.
+    """
+    mine = [pi for pi in intents if (pi.get("metadata") or {}).get(JOB_ID_METADATA_KEY) == job.id]
+    live = [
+        pi
+        for pi in mine
+        if pi.get("status") in _INTENT_RANK or generation_of(pi) >= job.key_generation
+    ]
+    if not live:
+        return None
+    return min(live, key=lambda pi: (_INTENT_RANK.get(str(pi.get("status")), 3), pi["created"]))
+
+
+def generation_of(obj: Mapping[str, Any]) -> int:
+    """The key generation recorded in an object's metadata (objects made before it was
+    recorded count as generation 0)."""
+    value = (obj.get("metadata") or {}).get(KEY_GENERATION_METADATA_KEY)
+    try:
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0

@@ -6,15 +6,18 @@ timeouts; the SDK's own retries stay off (they would invent a random key per cal
 
 from __future__ import annotations
 
+from typing import Any
+
 import stripe
+from stripe import RequestOptions
 
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.models import AttemptOutcome, Job, JobKind
 from orchestrator.providers.base import NO_RESPONSE, Outcome
 from orchestrator.providers.stripe.errors import classify_error, clip
 from orchestrator.providers.stripe.objects import (
-    PI_SUCCEEDED,
     REFUND_RANK,
+    best_intent,
     charge_params,
     job_id_of,
     json_object,
@@ -27,7 +30,10 @@ from orchestrator.providers.stripe.transport import http_client_for
 from orchestrator.validation import JOB_ID_METADATA_KEY
 
 # Refunds listed per page when looking one up (Stripe's maximum page size).
-REFUND_LIST_PAGE = 100
+LIST_PAGE = 100
+# A job's objects are created after the job; listing from a little before its creation
+# covers clock skew between our database and Stripe.
+CREATED_SLACK_S = 300
 
 
 class StripeProvider:
@@ -74,46 +80,66 @@ class StripeProvider:
         request path as ``v1.payment_intents.create`` (parameter encoding, headers, the
         idempotency key, typed errors from the response), without turning the answer into a
         tree of ``StripeObject``s, which took about a sixth of a worker's CPU per charge. The
-        outcome needs a few fields of the JSON."""
+        outcome needs a few fields of the JSON. A Connect charge carries ``Stripe-Account``,
+        which also scopes its idempotency key."""
+        options: dict[str, Any] = {"idempotency_key": idempotency_key, **_account(job)}
         if job.kind is JobKind.REFUND:
             response = self._client.raw_request(
-                "post", "/v1/refunds", **refund_params(job), idempotency_key=idempotency_key
+                "post", "/v1/refunds", **refund_params(job), **options
             )
             return outcome_of_refund(json_object(response), response.request_id)
         response = self._client.raw_request(
-            "post", "/v1/payment_intents", **charge_params(job), idempotency_key=idempotency_key
+            "post", "/v1/payment_intents", **charge_params(job), **options
         )
         return outcome_of_intent(json_object(response), response.request_id)
 
     # -- lookup ----------------------------------------------------------------------------
 
+    def lookup_is_consistent(self, job: Job) -> bool:
+        """Whether "nothing found" proves that nothing exists, now: a retrieve by id and a
+        list (by customer, or a payment intent's refunds) read Stripe's own records; a search,
+        the only way to find a customerless charge, lags by up to an hour during incidents."""
+        return bool(job.provider_ref or job.customer or job.kind is JobKind.REFUND)
+
     def lookup(self, job: Job) -> Outcome | None:
         if job.kind is JobKind.REFUND:
             return self._lookup_refund(job)
+        options = _account(job)
         try:
             if job.provider_ref:
-                intent = self._client.v1.payment_intents.retrieve(job.provider_ref)
+                intent = self._client.v1.payment_intents.retrieve(job.provider_ref, options=options)
                 return outcome_of_intent(intent.to_dict(), request_id(intent))
-            query = f"metadata['{JOB_ID_METADATA_KEY}']:'{job.id}'"
-            found = self._client.v1.payment_intents.search({"query": query, "limit": 10})
+            if job.customer:
+                listed = self._client.v1.payment_intents.list(
+                    {
+                        "customer": job.customer,
+                        "created": {"gte": int(job.created_at.timestamp()) - CREATED_SLACK_S},
+                        "limit": LIST_PAGE,
+                    },
+                    options=options,
+                )
+                intents = [pi.to_dict() for pi in listed.auto_paging_iter()]
+            else:
+                query = f"metadata['{JOB_ID_METADATA_KEY}']:'{job.id}'"
+                found = self._client.v1.payment_intents.search(
+                    {"query": query, "limit": LIST_PAGE}, options=options
+                )
+                intents = [pi.to_dict() for pi in found.data]
         except stripe.StripeError as exc:
             raise ProviderUnavailable(f"stripe lookup failed: {type(exc).__name__}") from exc
-        intents = list(found.data)
-        if not intents:
-            return None
-        # A job makes at most one successful PaymentIntent; prefer it over failed generations.
-        intents.sort(key=lambda pi: (pi.status not in PI_SUCCEEDED, pi.created))
-        return outcome_of_intent(intents[0].to_dict(), None)
+        best = best_intent(job, intents)
+        return outcome_of_intent(best, None) if best is not None else None
 
     def _lookup_refund(self, job: Job) -> Outcome | None:
         """Retrieve the refund we hold a reference to, or find it among the payment intent's
         refunds by ``metadata.orchestrator_job_id`` (a list, unlike search, is consistent)."""
         try:
             if job.provider_ref:
-                refund = self._client.v1.refunds.retrieve(job.provider_ref)
+                refund = self._client.v1.refunds.retrieve(job.provider_ref, options=_account(job))
                 return outcome_of_refund(refund.to_dict(), request_id(refund))
             listed = self._client.v1.refunds.list(
-                {"payment_intent": job.params["payment_intent"], "limit": REFUND_LIST_PAGE}
+                {"payment_intent": job.params["payment_intent"], "limit": LIST_PAGE},
+                options=_account(job),
             )
             mine = [r for r in listed.auto_paging_iter() if job_id_of(r) == job.id]
         except stripe.StripeError as exc:
@@ -123,3 +149,9 @@ class StripeProvider:
         # One job makes at most one live refund; prefer it over failed key generations.
         mine.sort(key=lambda r: (REFUND_RANK.get(str(r.status), 2), r.created))
         return outcome_of_refund(mine[0].to_dict(), None)
+
+
+def _account(job: Job) -> RequestOptions:
+    """The ``Stripe-Account`` request option of a Connect job (its refunds inherit it)."""
+    account = job.params.get("stripe_account")
+    return {"stripe_account": account} if account else {}

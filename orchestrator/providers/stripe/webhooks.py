@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from orchestrator.config import Settings
 from orchestrator.models import EventStatus, JobKind, WebhookEvent
-from orchestrator.providers.stripe import outcome_of_intent
+from orchestrator.providers.stripe.objects import generation_of, outcome_of_intent
 from orchestrator.validation import JOB_ID_METADATA_KEY
 from orchestrator.webhooks.events import (
     IncomingEvent,
@@ -131,7 +131,12 @@ def parse_event(payload: bytes) -> IncomingEvent:
         raise WebhookRejected(400, "event needs an id, a type and data.object")
     object_id = obj.get("id")
     return IncomingEvent(
-        str(event_id), str(event_type), str(object_id) if _short_text(object_id) else None, data
+        str(event_id),
+        str(event_type),
+        str(object_id) if _short_text(object_id) else None,
+        data,
+        subject_job_id=_metadata_job_id(obj),
+        reports_success=event_type == "payment_intent.succeeded",
     )
 
 
@@ -176,6 +181,7 @@ def _payment_intent_report(event: WebhookEvent, obj: Mapping[str, Any]) -> Objec
         amount=obj.get("amount"),
         currency=obj.get("currency"),
         read_outcome=None if refetched else functools.partial(outcome_of_intent, obj, None),
+        generation=generation_of(obj),
     )
 
 
