@@ -290,6 +290,10 @@ CREATE INDEX IF NOT EXISTS webhook_events_unprocessed_success_idx ON webhook_eve
 -- refunded_amount: refunds reserved against this charge (succeeded plus in flight, and dead ones
 -- an operator may still replay); given back when a refund ends failed or cancelled (below).
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS refunded_amount bigint NOT NULL DEFAULT 0;
+-- What the app needs from the provider to finish an on-session payment: a PaymentIntent that
+-- requires_action (the customer must authenticate) leaves its next_action and client_secret
+-- here. Never logged (the log processor redacts client_secret).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS provider_details jsonb;
 DO $$ BEGIN
     ALTER TABLE jobs ADD CONSTRAINT jobs_refunds_within_amount CHECK (
         refunded_amount >= 0

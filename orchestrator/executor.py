@@ -479,6 +479,7 @@ class Executor:
             "refund_attempt": int(decision.refund_attempt),
             "provider_ref": outcome.provider_ref if outcome else None,
             "provider_status": outcome.provider_status if outcome else None,
+            "provider_details": dict(outcome.details) if outcome and outcome.details else None,
             "error_code": outcome.error_code if outcome else None,
             "error": outcome.error_summary if outcome else None,
             "unknown_cause": decision.unknown_cause,

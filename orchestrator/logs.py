@@ -26,6 +26,7 @@ _SECRET_KEY_RE = re.compile(
 _SECRET_VALUE_RES = [
     re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9]{4,}"),  # Stripe keys
     re.compile(r"\bwhsec_[A-Za-z0-9+/=]{4,}"),  # Stripe webhook secrets
+    re.compile(r"\b(?:pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"),  # client secrets
     re.compile(r"\bSG\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]+)?"),  # SendGrid keys
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),  # bearer tokens
     re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password in URLs

@@ -133,6 +133,9 @@ class Job(_Row):
     updated_at: datetime
     # Charges only: refunds reserved against this charge (schema.sql, jobs_refunds_within_amount).
     refunded_amount: int = 0
+    # On-session charges that need the customer: the PaymentIntent's next_action and
+    # client_secret (schema.sql, provider_details). None otherwise.
+    provider_details: dict[str, Any] | None = None
 
     _enums: ClassVar[_Enums] = {"state": JobState, "kind": JobKind}
 

@@ -100,6 +100,8 @@ class Store(Queries):
         """Move a job held under ``args["lease_owner"]`` on (queries.sql, settle_job); None
         when the lease was lost meanwhile."""
         args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
+        details = args.get("provider_details")
+        args["provider_details"] = Jsonb(details) if details is not None else None
         row = self._one("settle_job", args)
         return Settled(JobState(row["state"]), row["last_error_code"]) if row else None
 

@@ -7,8 +7,9 @@ executor never sees a foreign exception.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.models import AttemptOutcome, Job
 
@@ -31,6 +32,9 @@ class Outcome:
     request_id: str | None = None
     retry_after_s: float | None = None
     unknown_cause: str | None = None
+    # What the app needs to finish with the customer (e.g. a PaymentIntent's next_action and
+    # client_secret when it requires_action); stored on the job, never logged.
+    details: Mapping[str, Any] | None = None
 
     @property
     def error_summary(self) -> str | None:

@@ -177,3 +177,31 @@ def test_bad_payment_intent_options_are_refused_before_any_write(
     with pytest.raises(ValidationError, match=names):
         orch.charge(1000, "usd", "cus_x", "pm_card_visa", "bad-options", **options)
     assert count_jobs(orch) == 0
+
+
+def test_on_session_authentication_waits_for_the_customer(orch: Any, simulator: Any) -> None:
+    """With a return_url the charge is on-session: a card that needs authentication leaves
+    the PaymentIntent requires_action, the job processing, and hands the app what it needs
+    to bring the customer back (next_action, client_secret), which no log line carries."""
+    from structlog.testing import capture_logs
+
+    job = orch.charge(
+        2500,
+        "usd",
+        "cus_sca",
+        "pm_card_authenticationRequired",
+        "sca-on-session",
+        return_url="https://shop.example/orders/42/return",
+    )
+    with capture_logs() as logs:
+        assert orch.executor().run(job.id) is JobState.PROCESSING
+    waiting = orch.job(job.id)
+    assert waiting.provider_status == "requires_action"
+    details = waiting.provider_details
+    assert details is not None
+    redirect = details["next_action"]["redirect_to_url"]
+    assert redirect["return_url"] == "https://shop.example/orders/42/return"
+    assert details["client_secret"].startswith(f"{waiting.provider_ref}_secret_")
+    assert details["client_secret"] not in repr(logs)
+    (pi,) = simulator.payment_intents()
+    assert "off_session" not in pi or not pi["off_session"]

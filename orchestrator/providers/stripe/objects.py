@@ -16,7 +16,9 @@ from orchestrator.validation import JOB_ID_METADATA_KEY, KEY_GENERATION_METADATA
 PI_SUCCEEDED = {"succeeded", "requires_capture"}
 
 
-_PI_PENDING = {"processing"}
+# requires_action: an on-session charge (return_url) waits for the customer to authenticate;
+# off-session charges never get there (Stripe declines them with authentication_required).
+_PI_PENDING = {"processing", "requires_action"}
 
 
 # Refund statuses, by what they mean for the job (failed and canceled refunds moved no money).
@@ -133,6 +135,7 @@ def outcome_of_intent(intent: Mapping[str, Any], request_id: str | None) -> Outc
         error_class="PaymentIntentStatus" if kind is AttemptOutcome.PERMANENT else None,
         error_code=error_code,
         request_id=request_id,
+        details=_customer_action(intent),
     )
 
 
@@ -187,3 +190,10 @@ def generation_of(obj: Mapping[str, Any]) -> int:
         return int(value) if value is not None else 0
     except (TypeError, ValueError):
         return 0
+
+
+def _customer_action(intent: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the app needs to bring the customer back to a PaymentIntent that requires_action."""
+    if intent.get("status") != "requires_action":
+        return None
+    return {"next_action": intent.get("next_action"), "client_secret": intent.get("client_secret")}
