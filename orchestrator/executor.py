@@ -245,12 +245,18 @@ DEFERRAL_JITTER_MIN_S = 0.05
 DEFERRAL_JITTER_MAX_S = 10.0
 
 
-def decide_deferral(job: Job, now: datetime, permit: Permit, rng: random.Random) -> Decision:
-    """A claimed job whose call was denied: back to ``retrying`` with its attempt refunded."""
+def deferral_delay_s(permit: Permit, rng: random.Random) -> float:
+    """How long a call the breaker or the rate limiter denied waits: at least until the next
+    probe (or token), plus jitter, and never zero (a denial never spins)."""
     spread = min(
         max(permit.wait_s * DEFERRAL_JITTER_SHARE, DEFERRAL_JITTER_MIN_S), DEFERRAL_JITTER_MAX_S
     )
-    delay = permit.wait_s + rng.uniform(0, spread)
+    return max(permit.wait_s, DEFERRAL_JITTER_MIN_S) + rng.uniform(0, spread)
+
+
+def decide_deferral(job: Job, now: datetime, permit: Permit, rng: random.Random) -> Decision:
+    """A claimed job whose call was denied: back to ``retrying`` with its attempt refunded."""
+    delay = deferral_delay_s(permit, rng)
     if now + timedelta(seconds=delay) > job.deadline_at:
         return Decision(
             JobState.DEAD,
@@ -264,6 +270,28 @@ def decide_deferral(job: Job, now: datetime, permit: Permit, rng: random.Random)
         delay,
         refund_attempt=True,
     )
+
+
+def _lookups_given_up(
+    job: Job, now: datetime, stuck_pending_s: float, exc: Exception
+) -> Decision | None:
+    """A job whose lookups keep failing goes dead once it is past its deadline (unknown) or
+    older than the stuck-pending age (processing: a pending object may legitimately outlive
+    the horizon while it can still be looked up)."""
+    if job.state is JobState.UNKNOWN and now >= job.deadline_at:
+        return Decision(
+            JobState.DEAD,
+            f"unresolved past the retry horizon: {exc}"[:500],
+            dead_reason=DeadReason.UNRESOLVED,
+        )
+    age_s = (now - (job.last_attempt_at or job.created_at)).total_seconds()
+    if job.state is JobState.PROCESSING and age_s >= stuck_pending_s:
+        return Decision(
+            JobState.DEAD,
+            f"pending for {age_s:.0f}s and the provider cannot be asked: {exc}"[:500],
+            dead_reason=DeadReason.STUCK_PENDING,
+        )
+    return None
 
 
 def _unconfigured(job: Job) -> Decision:
@@ -409,23 +437,20 @@ class Executor:
             return job.state
         permit = self.breaker.acquire(job.provider)
         if not permit.allowed:
-            # A lookup is a provider call too: it waits for the breaker like an attempt.
-            self._release(job, owner, decide_deferral(job, now, permit, self.rng).delay_s)
+            # A lookup is a provider call too: it waits for the breaker like an attempt, past
+            # the deadline too (a lookup sends no key, and waiting never spins).
+            self._release(job, owner, deferral_delay_s(permit, self.rng))
             return job.state
         try:
             found = provider.lookup(job)
         except ProviderUnavailable as exc:
             self.breaker.record(permit, signal_of_lookup_failure(exc))
             log.warning("job.lookup_failed", error=str(exc))
-            if job.state is JobState.UNKNOWN and now >= job.deadline_at:
-                # Past the horizon with the provider still unable to answer: an operator
-                # must settle it by hand (dlq show has the attempt history).
-                dead = Decision(
-                    JobState.DEAD,
-                    f"unresolved past the retry horizon: {exc}",
-                    dead_reason=DeadReason.UNRESOLVED,
-                )
-                return self._settle(job, owner, dead, None, None)
+            given_up = _lookups_given_up(job, now, self.settings.stuck_pending_s, exc)
+            if given_up is not None:
+                # The provider still cannot answer: an operator settles it by hand (dlq show
+                # has the attempt history; a replay adopts whatever the provider holds).
+                return self._settle(job, owner, given_up, None, None)
             self._release(job, owner, LOOKUP_RETRY_S)
             return job.state
         self.breaker.record(permit, Signal.SUCCESS)

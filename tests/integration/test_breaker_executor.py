@@ -99,3 +99,58 @@ def test_outcomes_are_reported_to_the_breaker(orch: Any, simulator: Any) -> None
         (Signal.RATE_LIMITED, 1.0),
         (Signal.FAILURE, None),
     ]
+
+
+def _unknown_past_deadline(orch: Any, simulator: Any, key: str) -> Any:
+    """A job whose attempt was ambiguous (a cut connection) and whose deadline has passed."""
+    simulator.set_faults("stripe", rate_cut_before_execute=1.0)
+    job = orch.charge(1000, "usd", "cus_spin", "pm_card_visa", key)
+    simulator.set_faults("stripe", rate_500=1.0)
+    assert orch.executor().run(job.id) is JobState.UNKNOWN
+    simulator.set_faults("stripe")
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE jobs SET deadline_at = now() - interval '1 minute', "
+            "next_attempt_at = now() WHERE id = %s",
+            (job.id,),
+        )
+    return job
+
+
+def test_a_denied_lookup_past_the_deadline_waits_for_the_breaker(orch: Any, simulator: Any) -> None:
+    """Breaker open and the job past its deadline: the lookup is put off until the breaker's
+    next probe (it used to be re-sent at once, round and round, while the breaker stayed
+    open); nothing is decided and no provider call is made."""
+    job = _unknown_past_deadline(orch, simulator, "spin-1")
+    calls_before = len(simulator.requests_log())
+    assert _executor(orch, FakeBreaker(wait_s=30.0)).resolve(job.id) is JobState.UNKNOWN
+    after = orch.job(job.id)
+    assert after.state is JobState.UNKNOWN
+    assert after.next_attempt_at - after.updated_at >= timedelta(seconds=30)
+    assert len(simulator.requests_log()) == calls_before
+
+
+def test_a_processing_job_whose_lookups_keep_failing_reaches_the_dlq(orch: Any) -> None:
+    """A processing job the provider cannot be asked about is no longer polled forever: once
+    older than the stuck-pending age it goes dead with reason stuck_pending."""
+    job = orch.charge(1000, "usd", "cus_gone", "pm_card_visa", "processing-forever")
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        for state, lease in (("running", "test"), ("processing", None)):
+            conn.execute(
+                "UPDATE jobs SET state = %s, provider_ref = 'pi_missing', lease_owner = %s, "
+                "lease_expires_at = CASE WHEN %s::text IS NULL THEN NULL "
+                "ELSE now() + interval '1 minute' END, changed_by = 'test', "
+                "change_reason = 'test', last_attempt_at = now() - interval '8 days' "
+                "WHERE id = %s",
+                (state, lease, lease, job.id),
+            )
+    broken = Executor(
+        orch.store,
+        orch.providers(),
+        orch.dispatcher,
+        orch.settings,
+        breaker=FakeBreaker("allow", 0.0),
+    )
+    # pi_missing is unknown to the simulator: every lookup fails (404 -> ProviderUnavailable).
+    assert broken.resolve(job.id) is JobState.DEAD
+    assert orch.job(job.id).dead_reason == "stuck_pending"
