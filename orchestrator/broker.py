@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from orchestrator.background import Batcher
@@ -36,9 +37,22 @@ FLUSH_TIMEOUT_S = 5.0
 DISPATCH_GATHER_S = 0.005
 
 
+def redis_for(settings: Settings) -> redis.Redis:
+    """A Redis client with connect and read timeouts (``ORCHESTRATOR_REDIS_TIMEOUT_S``).
+
+    dramatiq's RedisBroker, given a URL, builds a pool that ignores socket options, so the
+    broker gets this client instead. Its consumers poll with a Lua script, never a blocking
+    command, so a read timeout only ever cuts a Redis that stopped answering."""
+    timeout_s = settings.redis_timeout_s
+    client: redis.Redis = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    return client
+
+
 def make_broker(settings: Settings, **overrides: Any) -> RedisBroker:
     options: dict[str, Any] = {
-        "url": settings.redis_url,
+        "client": redis_for(settings),
         "namespace": settings.redis_namespace,
         "heartbeat_timeout": HEARTBEAT_TIMEOUT_MS,
         "maintenance_chance": MAINTENANCE_CHANCE,

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     breaker_closed_lease_ms: int = Field(
         100, ge=0, le=10_000, validation_alias=_env("ORCHESTRATOR_BREAKER_CLOSED_LEASE_MS")
     )
+    # Connect and read timeout of every other Redis client (the broker's, the clock's dead
+    # letter reads): a frozen Redis (not refusing, just silent) fails calls after this long
+    # instead of blocking the clock while it holds its lock, or web and worker threads.
+    redis_timeout_s: float = Field(
+        5.0, gt=0, le=60, validation_alias=_env("ORCHESTRATOR_REDIS_TIMEOUT_S")
+    )
     # Redis socket timeouts for breaker calls (ms): a slow Redis must not slow every job;
     # past it the process falls back to its local breaker.
     breaker_redis_timeout_ms: int = Field(

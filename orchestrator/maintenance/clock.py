@@ -182,6 +182,10 @@ class Clock:
         """Send each job announced at commit; waits up to ``timeout_s`` for notifications."""
         sent = 0
         for notify in conn.notifies(timeout=timeout_s, stop_after=BATCH_LIMIT):
-            self.orch.dispatcher.send(notify.payload)
+            try:
+                self.orch.dispatcher.send(notify.payload)
+            except Exception as exc:  # committed: the dispatch sweep sends it after the grace
+                log.warning("clock.dispatch_deferred", job_id=notify.payload, error=str(exc))
+                continue
             sent += 1
         return sent

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 
-from orchestrator.broker import Dispatcher
+from orchestrator.broker import Dispatcher, redis_for
 from orchestrator.config import Settings
 from orchestrator.db.store import Store
 from orchestrator.logs import get_logger
@@ -93,7 +93,7 @@ class ReconcileDeadLetters:
     owner: str
 
     def run_once(self) -> int:
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis_for(self.settings)
         try:
             namespace, queue = self.settings.redis_namespace, self.settings.queue_name
             letters = read_dead_letters(client, namespace, queue)
@@ -111,7 +111,7 @@ class ReconcileDeadLetters:
 
     def preview(self) -> int:
         """How many messages sit in the queue's XQ."""
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis_for(self.settings)
         try:
             zset = xq_keys(self.settings.redis_namespace, self.settings.queue_name)[0]
             return int(client.zcard(zset))
