@@ -40,7 +40,7 @@ from orchestrator.broker import PROCESS_ACTOR, Dispatcher
 from orchestrator.config import Settings
 from orchestrator.db.store import Store
 from orchestrator.errors import ProviderUnavailable
-from orchestrator.logs import get_logger
+from orchestrator.logs import get_logger, redact_text
 from orchestrator.models import AttemptOutcome, DeadReason, Job, JobState
 from orchestrator.providers.base import NO_RESPONSE, Outcome, Provider
 
@@ -506,7 +506,9 @@ class Executor:
             "provider_status": outcome.provider_status if outcome else None,
             "provider_details": dict(outcome.details) if outcome and outcome.details else None,
             "error_code": outcome.error_code if outcome else None,
-            "error": outcome.error_summary if outcome else None,
+            # A provider's message may quote what it was sent: card-like digit runs never
+            # reach the row (nor, through it, the dashboard).
+            "error": redact_text(outcome.error_summary or "") or None if outcome else None,
             "unknown_cause": decision.unknown_cause,
             "dead_reason": None if decision.dead_reason is None else str(decision.dead_reason),
         }

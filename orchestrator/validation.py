@@ -43,6 +43,28 @@ ISO_4217 = frozenset(
 )
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.:]{1,255}$")
+# The shape of a card number: 12-19 digits, optionally grouped by spaces or dashes.
+_PAN_SHAPE_RE = re.compile(r"^\d(?:[ -]?\d){11,18}$")
+
+
+def looks_like_pan(value: str) -> bool:
+    """A Luhn-valid 12-19 digit number, spaces and dashes allowed: card data, which must never
+    be stored, logged or echoed (pass a payment method id instead)."""
+    if not _PAN_SHAPE_RE.match(value):
+        return False
+    digits = [int(ch) for ch in value if ch.isdigit()]
+    total = 0
+    for i, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if i % 2 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return total % 10 == 0
+
+
+def no_nul(name: str, value: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it here rather than fail at the insert."""
+    if "\x00" in value:
+        raise ValidationError(f"{name} must not contain NUL characters")
+    return value
 
 
 def amount(value: object) -> int:
@@ -73,6 +95,10 @@ def token(name: str, value: object, *, required: bool) -> str | None:
     """An provider object id such as a customer or payment method id."""
     if value is None and not required:
         return None
+    if isinstance(value, str) and looks_like_pan(value):
+        raise ValidationError(
+            f"{name} looks like a card number: pass a provider id such as pm_..., never card data"
+        )
     if not isinstance(value, str) or not _TOKEN_RE.match(value):
         raise ValidationError(f"{name} must be a provider id (letters, digits, _-.:, 1-255)")
     return value
@@ -91,6 +117,7 @@ def metadata(value: object) -> dict[str, str]:
             raise ValidationError(
                 f"metadata keys must be strings of 1-{MAX_METADATA_KEY_LENGTH} characters"
             )
+        no_nul("metadata keys", key)
         if "[" in key or "]" in key:
             raise ValidationError("metadata keys must not contain square brackets")
         if key in RESERVED_METADATA_KEYS:
@@ -100,7 +127,7 @@ def metadata(value: object) -> dict[str, str]:
                 f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE_LENGTH} "
                 "characters"
             )
-        clean[key] = item
+        clean[key] = no_nul(f"metadata[{key!r}]", item)
     return clean
 
 
@@ -111,7 +138,7 @@ def text(name: str, value: object, *, max_length: int, required: bool) -> str | 
         raise ValidationError(
             f"{name} must be a non-empty string of at most {max_length} characters"
         )
-    return value
+    return no_nul(name, value)
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
@@ -275,6 +302,8 @@ def template_data(value: object) -> dict[str, Any] | None:
         encoded = json.dumps(dict(value), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError):
         raise ValidationError("template_data must be JSON-serializable") from None
+    if "\\u0000" in encoded:
+        raise ValidationError("template_data must not contain NUL characters")
     if len(encoded.encode()) > MAX_TEMPLATE_DATA_BYTES:
         raise ValidationError(f"template_data must be at most {MAX_TEMPLATE_DATA_BYTES} bytes")
     clean: dict[str, Any] = json.loads(encoded)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from orchestrator import validation as v
@@ -56,3 +58,35 @@ def test_fingerprint_is_canonical() -> None:
     c = v.fingerprint({"amount": 2, "metadata": {"x": "1", "y": "2"}})
     assert a == b != c
     assert len(a) == 64
+
+
+@pytest.mark.parametrize(
+    "card", ["4242424242424242", "4242 4242 4242 4242", "4000-0566-5566-5556", "378282246310005"]
+)
+def test_a_card_number_is_refused_as_a_provider_id_without_being_echoed(card: str) -> None:
+    """A PAN given where a payment method id belongs is card data: refused, never repeated."""
+    with pytest.raises(ValidationError, match="card number") as caught:
+        v.token("payment_method", card, required=True)
+    assert card not in str(caught.value)
+    assert card.replace(" ", "").replace("-", "") not in str(caught.value)
+
+
+def test_long_digit_ids_that_are_not_card_numbers_pass() -> None:
+    """Digits alone are not card data: a Luhn-invalid run is an ordinary id."""
+    assert v.token("customer", "4242424242424241", required=False) == "4242424242424241"
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (lambda x: v.text("description", x, max_length=100, required=True), "a\x00b"),
+        (lambda x: v.metadata({"k": x}), "a\x00b"),
+        (lambda x: v.metadata({x: "v"}), "k\x00"),
+        (lambda x: v.template_data({"name": x}), "a\x00b"),
+        (lambda x: v.template_data({x: 1}), "k\x00"),
+    ],
+)
+def test_nul_characters_are_a_validation_error(check: Any, value: str) -> None:
+    """PostgreSQL text holds no NUL: refused as a ValidationError, not a database error."""
+    with pytest.raises(ValidationError, match="NUL"):
+        check(value)
