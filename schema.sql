@@ -1,6 +1,8 @@
--- The orchestrator's whole schema: the single source of truth for tables, states and the
--- invariants the database enforces by itself. Applied by `orchestrator migrate`; every
--- statement is idempotent, so applying it again is a no-op.
+-- The orchestrator's whole schema in one readable file: the single source of truth for tables,
+-- states and the invariants the database enforces by itself. `orchestrator migrate` applies
+-- the numbered files of orchestrator/db/migrations/ in order (recorded in schema_migrations);
+-- applied in order they make exactly this schema (tests/integration/test_migrations.py). A
+-- change is made here and, as a new numbered migration, there. Every statement is idempotent.
 --
 -- Invariants held here rather than in code:
 --   * one job per application idempotency key        (jobs_idempotency_key_key)
@@ -9,6 +11,14 @@
 --   * every state change is recorded with who and why (job_transitions, same trigger)
 --   * amounts, currencies and keys have Stripe's shape (domains)
 --   * refunds never exceed their charge               (jobs_refunds_within_amount, below)
+
+-- Which numbered migrations a database has (orchestrator.db.pool.migrate creates it too).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY CHECK (version > 0),
+    name        text NOT NULL,
+    checksum    text,                 -- sha256 of the file; NULL for an adopted baseline
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- gen_random_uuid() is built in from PostgreSQL 13; only older servers need pgcrypto for it
 -- (the embedded PostgreSQL of `orchestrator dev` ships without pgcrypto).
@@ -360,3 +370,46 @@ CREATE INDEX IF NOT EXISTS broker_dead_letters_seen_idx ON broker_dead_letters (
 -- Provider events find their job by the provider's object id.
 CREATE INDEX IF NOT EXISTS jobs_provider_ref_idx ON jobs (provider, provider_ref)
     WHERE provider_ref IS NOT NULL;
+
+-- The ledger checked against the provider (orchestrator.ops.ledger, orchestrator.maintenance.audit).
+-- Each row is one disagreement found between the jobs and the provider's own objects, by a
+-- webhook (a success event for a job that ended failed or cancelled) or by an audit (Stripe's
+-- strongly consistent lists compared with the jobs of a window). Recorded once: the same kind,
+-- job and provider object found again (by the next audit, or by an audit after the webhook)
+-- adds nothing. No foreign key: a provider object may name a job we never had.
+CREATE TABLE IF NOT EXISTS ledger_drift (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider      text NOT NULL,
+    -- success_without_succeeded_job: a successful provider object for a job that is missing or
+    --   ended failed, dead or cancelled; succeeded_without_object: a succeeded job with no
+    --   successful provider object; amount_mismatch: amount or currency differ;
+    --   duplicate_success: more than one successful object for one job.
+    kind          text NOT NULL CHECK (kind IN ('success_without_succeeded_job',
+                                                'succeeded_without_object',
+                                                'amount_mismatch', 'duplicate_success')),
+    job_id        text,                   -- the job named (metadata.orchestrator_job_id)
+    provider_ref  text,                   -- the provider's object (pi_..., re_...)
+    detail        text NOT NULL CHECK (char_length(detail) <= 500),
+    source        text NOT NULL CHECK (source IN ('webhook', 'audit')),
+    found_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_drift_once UNIQUE NULLS NOT DISTINCT (kind, job_id, provider_ref)
+);
+-- `orchestrator drift list`, /ops/api/drift and the dashboard read the newest first.
+CREATE INDEX IF NOT EXISTS ledger_drift_found_idx ON ledger_drift (found_at DESC, id DESC);
+
+-- Each audit run: the window it covered and what it found. The clock audits when its last
+-- audit is older than ORCHESTRATOR_AUDIT_INTERVAL_S, from the start of its last completed one
+-- (minus an overlap). A failed run has error set and no drift_count; finished_at NULL: it is
+-- still running, or its process died.
+CREATE TABLE IF NOT EXISTS ledger_audits (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ran_by       text NOT NULL CHECK (ran_by IN ('clock', 'cli')),
+    since        timestamptz NOT NULL,    -- jobs and objects created from here on were compared
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    objects      integer,                 -- provider objects naming a job, listed
+    jobs         integer,                 -- charge and refund jobs of the window
+    drift_count  integer,                 -- findings (recorded before, or now)
+    error        text
+);
+CREATE INDEX IF NOT EXISTS ledger_audits_started_idx ON ledger_audits (ran_by, started_at DESC);

@@ -1,5 +1,8 @@
 """A durable job-queue payment orchestrator: charges and sends as persisted, idempotent jobs."""
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from orchestrator.api import Orchestrator
 from orchestrator.errors import (
     ConfigError,
@@ -12,7 +15,15 @@ from orchestrator.errors import (
 )
 from orchestrator.models import Job, JobKind, JobState
 
+# The name this package is installed under (pip install durable-payment-orchestrator).
+DISTRIBUTION = "durable-payment-orchestrator"
+try:
+    __version__ = _distribution_version(DISTRIBUTION)
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0.0.0+unknown"
+
 __all__ = [
+    "DISTRIBUTION",
     "ConfigError",
     "IdempotencyConflict",
     "InvalidOperation",

@@ -4,6 +4,9 @@ Actors bind to a broker when they are declared, so ``actors`` asks this module f
 broker before declaring anything. Tests (and embedding applications) call :func:`install`
 first to supply their own. :func:`providers` gives the current Orchestrator's providers,
 built once per Orchestrator (each holds an HTTP connection pool).
+
+A broker built here carries the :class:`~orchestrator.ops.heartbeats.WorkerHeartbeat`
+middleware: a worker process records its heartbeat in Redis from boot to shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dramatiq
 
 from orchestrator.api import Orchestrator
 from orchestrator.logs import configure_logging
+from orchestrator.ops.heartbeats import WorkerHeartbeat
 from orchestrator.providers.base import Provider
 
 _lock = threading.Lock()
@@ -37,6 +41,8 @@ def current() -> Orchestrator:
         if _current is None:
             orchestrator = Orchestrator.from_env()
             configure_logging(orchestrator.settings.log_format, orchestrator.settings.log_level)
+            # A worker process beats in Redis from boot on (`orchestrator status`).
+            orchestrator.broker.add_middleware(WorkerHeartbeat(orchestrator.settings))
             _current = orchestrator
             dramatiq.set_broker(orchestrator.broker)
         return _current

@@ -1,4 +1,6 @@
-"""The ``web`` process: ASGI app with ``/healthz``, ``/metrics`` and ``POST /webhooks/stripe``."""
+"""The ``web`` process: ASGI app with ``/healthz`` (liveness: the process answers),
+``/readyz`` (readiness: PostgreSQL and Redis answer), ``/metrics``, ``POST /webhooks/stripe``
+and the ops routes."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from orchestrator.breaker import BreakerCollector, SharedBreaker
 from orchestrator.db import Store
 from orchestrator.maintenance.deadletters import recent_dead_letters
 from orchestrator.models import JobState
+from orchestrator.ops.health import READY_TIMEOUT_S, Readiness
+from orchestrator.ops.heartbeats import FleetStatus, heartbeat_client
 from orchestrator.ops.http import ops_routes
 from orchestrator.ops.metrics import OpsCollector
 from orchestrator.ops.service import Operations
@@ -49,15 +53,26 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     registry.register(JobsCollector(orchestrator.store))
     registry.register(OpsCollector(orchestrator.store, orchestrator.ops_store, settings))
     registry.register(BreakerCollector(breaker))
+    fleet = FleetStatus(settings)
     ops = ops_routes(
         Operations.from_orchestrator(orchestrator),
         token=settings.ops_token.get_secret_value() if settings.ops_token else None,
         breaker=breaker,
         dead_letters=functools.partial(recent_dead_letters, orchestrator),
+        fleet=fleet,
     )
+    ready_redis = heartbeat_client(settings.redis_url, READY_TIMEOUT_S)
+    readiness = Readiness({"postgres": orchestrator.ops_store.now, "redis": ready_redis.ping})
 
     async def healthz(request: Request) -> Response:
+        """Liveness: the process serves requests (nothing else is asked)."""
         return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        """Readiness: 200 when PostgreSQL and Redis each answer in time, else 503 naming which
+        did not."""
+        ok, answers = await readiness()
+        return JSONResponse(answers, status_code=200 if ok else 503)
 
     def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -65,12 +80,16 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        readiness.close()
+        ready_redis.close()
+        fleet.close()
         if orch is None:  # built here, once per process: release its pool on shutdown
             orchestrator.close()
 
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/webhooks/stripe", stripe_endpoint(orchestrator), methods=["POST"]),
             *ops,

@@ -44,7 +44,10 @@ def service_urls() -> tuple[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     atexit.register(shutil.rmtree, directory, True)  # runs last: after the stops below
     if database_url is None:
-        postgres = EmbeddedPostgres(directory / "postgres", durable=False).start()
+        postgres = EmbeddedPostgres(directory / "postgres", durable=False)
+        if postgres.relocated:  # root in a checkout its server user cannot enter
+            atexit.register(shutil.rmtree, postgres.base_dir, True)  # runs after the stop
+        postgres.start()
         atexit.register(_quietly, postgres.stop)
         database_url = postgres.url()
     if redis_url is None:

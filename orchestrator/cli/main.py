@@ -4,7 +4,7 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration error. Errors
 on stderr naming the problem; listings accept ``--json``.
 
 Each command group lives in its own module (``jobs``, ``dlq``, ``events``, ``processes``,
-``dev``, ``breaker``), all built on :mod:`orchestrator.cli.common`.
+``dev``, ``breaker``, ``status``, ``audit``), all built on :mod:`orchestrator.cli.common`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from orchestrator.cli import breaker, dev, dlq, events, jobs, processes
+from orchestrator import __version__
+from orchestrator.cli import audit, breaker, dev, dlq, events, jobs, processes, status
 from orchestrator.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, UsageError
 from orchestrator.errors import (
     ConfigError,
@@ -28,6 +29,7 @@ from orchestrator.logs import configure_logging
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="orchestrator", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     processes.register_migrate(commands)
     jobs.register(commands)
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     processes.register(commands)
     dev.register(commands)
     breaker.register(commands)
+    status.register(commands)
+    audit.register(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ import sys
 import threading
 
 from orchestrator.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     Commands,
     UsageError,
@@ -25,7 +26,12 @@ WORKER_POLL_MS = "100"
 
 def register_migrate(commands: Commands) -> None:
     """``migrate`` comes first in ``--help``; the rest follow the job commands."""
-    command(commands, "migrate", cmd_migrate, "apply schema.sql (idempotent)")
+    p = command(commands, "migrate", cmd_migrate, "apply the pending schema migrations, in order")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing: exit 0 when up to date, 1 listing what is pending",
+    )
 
 
 def register(commands: Commands) -> None:
@@ -47,17 +53,26 @@ def register(commands: Commands) -> None:
 
     command(commands, "clock", cmd_clock, "run the periodic scheduler (one active instance)")
 
-    p = command(commands, "web", cmd_web, "serve /healthz and /metrics")
+    p = command(commands, "web", cmd_web, "serve webhooks, /healthz, /readyz, /metrics and /ops/")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from orchestrator.db import migrate
+    from orchestrator.db.pool import migrate, pending_migrations
 
     settings = load_settings()
-    migrate(settings.database_url)
-    print("schema applied")
+    if args.check:
+        pending = pending_migrations(settings.database_url)
+        for m in pending:
+            print(f"pending: {m.version:04d} {m.name}")
+        if not pending:
+            print("schema up to date")
+        return EXIT_FAILED if pending else EXIT_OK
+    applied = migrate(settings.database_url)
+    for m in applied:
+        print(f"applied: {m.version:04d} {m.name}")
+    print("schema up to date" if applied else "schema up to date (nothing to apply)")
     return EXIT_OK
 
 

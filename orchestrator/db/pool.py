@@ -8,10 +8,12 @@ name) quote it with :mod:`psycopg.sql`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, LiteralString, TypeVar
@@ -24,8 +26,13 @@ from psycopg_pool import ConnectionPool
 from orchestrator.errors import ConfigError
 from orchestrator.logs import get_logger
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+# The whole schema, readable in one file (a copy ships in the wheel): what every migration
+# applied in order makes; tests/integration/test_migrations.py holds the two equal.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Migration 1 is the first release's schema: such a database is adopted at this version.
+BASELINE_VERSION = 1
 # Serializes concurrent `migrate` runs (any constant unique to this application will do).
 MIGRATE_LOCK_ID = 0x6F726368  # "orch"
 
@@ -106,18 +113,97 @@ def _has_pending_input(conn: Conn) -> bool:
     return bool(readable)
 
 
-def migrate(url: str) -> None:
-    """Apply ``schema.sql`` (idempotent), serialized by an advisory lock."""
-    if not SCHEMA_PATH.exists():
-        raise ConfigError(f"schema file not found at {SCHEMA_PATH}")
-    schema: LiteralString = SCHEMA_PATH.read_text()
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered file of ``migrations/``: ``NNNN_what_it_does.sql``."""
+
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> LiteralString:
+        text: LiteralString = self.path.read_text()  # a file of the package, not input
+        return text
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    """The package's migrations, in order; numbers must run 1, 2, 3, ... without a gap."""
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        number, _, name = path.stem.partition("_")
+        if not number.isdigit() or not name:
+            raise ConfigError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append(Migration(int(number), name, path))
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise ConfigError("migrations must be numbered 1, 2, 3, ... without gaps")
+    return found
+
+
+def pending_migrations(url: str) -> list[Migration]:
+    """What ``migrate`` would apply now (``migrate --check``). A first-release database not
+    yet adopted counts its baseline as applied."""
+    with connect(url, autocommit=True) as conn:
+        applied = _applied_versions(conn)
+        if applied is None:
+            applied = {BASELINE_VERSION} if _has_first_release(conn) else set()
+    return [m for m in migrations() if m.version not in applied]
+
+
+def migrate(url: str) -> list[Migration]:
+    """Apply the pending migrations in order, each in its own transaction with its row in
+    ``schema_migrations``, serialized by an advisory lock; returns what was applied.
+
+    A database of the first release (its ``jobs`` table, no ``schema_migrations``) is adopted:
+    migration 1 (that release's schema) is recorded as applied without running, and the rest
+    run on top, every job kept.
+    """
+    plan = migrations()
+    applied_now: list[Migration] = []
     with connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_ID,))
         try:
-            with conn.transaction():
-                conn.execute(schema)
+            adopt = _applied_versions(conn) is None and _has_first_release(conn)
+            conn.execute(q("create_schema_migrations"))
+            if adopt:
+                conn.execute(q("adopt_baseline"), {"version": BASELINE_VERSION})
+                log.info("migrate.baseline_adopted", version=BASELINE_VERSION)
+            done = _applied_versions(conn) or set()
+            for migration in plan:
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        q("record_migration"),
+                        {
+                            "version": migration.version,
+                            "name": migration.name,
+                            "checksum": migration.checksum,
+                        },
+                    )
+                log.info("migrate.applied", version=migration.version, name=migration.name)
+                applied_now.append(migration)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_ID,))
+    return applied_now
+
+
+def _applied_versions(conn: Conn) -> set[int] | None:
+    """The versions recorded in ``schema_migrations``; None when the table does not exist."""
+    row = conn.execute(q("schema_migrations_exists")).fetchone()
+    if not row or not row["present"]:
+        return None
+    return {int(r["version"]) for r in conn.execute(q("applied_migrations")).fetchall()}
+
+
+def _has_first_release(conn: Conn) -> bool:
+    row = conn.execute(q("first_release_present")).fetchone()
+    return bool(row and row["present"])
 
 
 def try_advisory_lock(conn: Conn, lock_id: int) -> bool:

@@ -4,11 +4,19 @@ PostgreSQL refuses to run as root. As root, ``initdb`` and ``postgres`` run as t
 unprivileged ``nobody`` user (``postgres`` when there is no ``nobody``) with a data directory
 that user owns; nothing else changes owner or mode (pgserver's own launcher would chmod
 every ancestor directory and add an OS user, which is why it is not used).
+
+That user must reach the data directory and the binaries. When the checkout (and the
+``.venv`` inside it) lies where it cannot (``/root``, a ``mktemp -d``), the server's files go
+to ``/var/tmp/orchestrator-<user>-<hash of the requested path>/`` instead (created 0700 and
+owned by that user; the same path each run, so the cluster is kept), with a copy of the
+binaries there when they are out of reach too; a warning names the place
+(``devstack.postgres_relocated``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -42,6 +50,9 @@ log = get_logger(__name__)
 # initdb writes a whole cluster; on slow disks it takes far longer than a start.
 INITDB_TIMEOUT_S = 180.0
 _UNPRIVILEGED_USERS = ("nobody", "postgres")
+# Where the server's files go when the requested directory is out of its user's reach.
+# Shared by every user: make_private_dir refuses a path someone else created there first.
+FALLBACK_ROOT = Path("/var/tmp")  # noqa: S108
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -72,16 +83,80 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     )
 
 
+def unreachable_dir(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The deepest directory on ``path`` that ``user`` cannot enter (as its owner or as an
+    "other" user), or None; parts that do not exist yet are skipped (created 0755 by us)."""
+    for directory in (path, *path.parents):
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid != user.pw_uid and not info.st_mode & stat.S_IXOTH:
+            return directory
+    return None
+
+
 def _require_traversable(path: Path, user: pwd.struct_passwd) -> None:
     """Fail with a clear message when ``user`` cannot reach ``path`` (as an "other" user)."""
-    for directory in (path, *path.parents):
-        info = directory.stat()
-        if info.st_uid != user.pw_uid and not info.st_mode & stat.S_IXOTH:
-            raise DevStackError(
-                f"PostgreSQL runs as {user.pw_name!r} (it refuses root) and cannot enter "
-                f"{directory}: allow it (chmod o+x {directory}) or set ORCHESTRATOR_DEV_DIR "
-                "to a directory it can reach"
-            )
+    directory = unreachable_dir(path, user)
+    if directory is not None:
+        raise DevStackError(
+            f"PostgreSQL runs as {user.pw_name!r} (it refuses root) and cannot enter "
+            f"{directory}: allow it (chmod o+x {directory}) or set ORCHESTRATOR_DEV_DIR "
+            "to a directory it can reach"
+        )
+
+
+def server_home(
+    requested: Path, user: pwd.struct_passwd | None, fallback_root: Path = FALLBACK_ROOT
+) -> Path:
+    """Where the embedded server's files go: ``requested`` when ``user`` (None: not root)
+    can reach it, else ``fallback_root/orchestrator-<user>-<hash of requested>``, the same
+    path on every run for one requested directory."""
+    if user is None or unreachable_dir(requested, user) is None:
+        return requested
+    _require_traversable(fallback_root, user)
+    digest = hashlib.sha256(str(requested.absolute()).encode()).hexdigest()[:12]
+    return fallback_root / f"orchestrator-{user.pw_name}-{digest}"
+
+
+def make_private_dir(path: Path, user: pwd.struct_passwd) -> None:
+    """Create ``path`` (mode 0700, owned by ``user``) unless it exists as a real directory
+    owned by us or ``user``; anything else there (a symlink, another owner: ``/var/tmp`` is
+    shared) is refused."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in {os.geteuid(), user.pw_uid}:
+        raise DevStackError(f"{path} exists and is not ours: remove it or set ORCHESTRATOR_DEV_DIR")
+    os.chown(path, user.pw_uid, user.pw_gid)
+    path.chmod(0o700)
+
+
+def reachable_binaries(bin_dir: Path, home: Path, user: pwd.struct_passwd | None) -> Path:
+    """``bin_dir`` when ``user`` can reach it, else the bin/ of a copy under ``home``, made
+    once per source: the whole install (binaries find lib/ and share/ beside them) and the
+    wheel's bundled libraries (``<package>.libs``, found through ``$ORIGIN/../../../``), in
+    the same layout as in site-packages."""
+    if user is None or unreachable_dir(bin_dir, user) is None:
+        return bin_dir
+    install = bin_dir.parent  # site-packages/pgserver/pginstall
+    package = install.parent  # site-packages/pgserver
+    libs = package.parent / f"{package.name}.libs"
+    root = home / "binaries"
+    stamp = f"{install}\n{(bin_dir / 'postgres').stat().st_mtime_ns}\n"
+    stamp_file = home / "binaries.source"
+    if not (root.is_dir() and stamp_file.exists() and stamp_file.read_text() == stamp):
+        shutil.rmtree(root, ignore_errors=True)
+        staging = home / "binaries.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        staging.chmod(0o755)
+        staging.rename(root)
+        stamp_file.write_text(stamp)
+        log.warning("devstack.postgres_binaries_copied", source=str(install), copy=str(root))
+    return root / package.name / install.name / bin_dir.name
 
 
 def _spawn_service(
@@ -116,21 +191,35 @@ class EmbeddedPostgres:
     ``durable=False`` turns fsync off: for throwaway test clusters only.
     """
 
-    def __init__(self, base_dir: Path, *, port: int = 0, durable: bool = True) -> None:
-        self.base_dir = base_dir
-        self.data_dir = base_dir / "data"
-        self.log_path = base_dir / "postgres.log"
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int = 0,
+        durable: bool = True,
+        fallback_root: Path = FALLBACK_ROOT,
+    ) -> None:
+        self.user = _unprivileged_user()
+        # Where the files go: base_dir, or a directory the server's user can reach.
+        self.requested_dir = base_dir
+        self.base_dir = server_home(base_dir, self.user, fallback_root)
+        self.data_dir = self.base_dir / "data"
+        self.log_path = self.base_dir / "postgres.log"
         self.port = port
         self.durable = durable
         self.bin_dir = _package_file("pgserver", "pginstall", "bin")
-        self.user = _unprivileged_user()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def relocated(self) -> bool:
+        """True when the files live elsewhere than the requested directory."""
+        return self.base_dir != self.requested_dir
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> EmbeddedPostgres:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_dirs()
         self._initdb()
         self._stop_leftover()
         self.port = free_port(self.port)
@@ -151,6 +240,24 @@ class EmbeddedPostgres:
         log.info("devstack.postgres_started", port=self.port, data_dir=str(self.data_dir))
         return self
 
+    def _prepare_dirs(self) -> None:
+        """Create the base directory (a private one for the server's user when relocated)
+        and make the binaries reachable by that user."""
+        if not self.relocated or self.user is None:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            make_private_dir(self.base_dir, self.user)
+            self.requested_dir.mkdir(parents=True, exist_ok=True)
+            (self.requested_dir / "LOCATION").write_text(f"{self.base_dir}\n")
+            log.warning(
+                "devstack.postgres_relocated",
+                data_dir=str(self.data_dir),
+                requested=str(self.requested_dir),
+                reason=f"{self.user.pw_name!r} (PostgreSQL refuses root) cannot enter "
+                f"{unreachable_dir(self.requested_dir, self.user)}",
+            )
+        self.bin_dir = reachable_binaries(self.bin_dir, self.base_dir, self.user)
+
     def _initdb(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -158,7 +265,8 @@ class EmbeddedPostgres:
             shutil.rmtree(self.data_dir)  # a half-made cluster from an interrupted initdb
         self.data_dir.mkdir(mode=0o700)
         if self.user is not None:
-            self.base_dir.chmod(0o755)  # ours: let the server's user reach its data dir
+            if not self.relocated:
+                self.base_dir.chmod(0o755)  # ours: let the server's user reach its data dir
             _require_traversable(self.base_dir, self.user)
             os.chown(self.data_dir, self.user.pw_uid, self.user.pw_gid)
         argv = [

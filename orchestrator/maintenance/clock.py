@@ -18,7 +18,10 @@ Each task (a :class:`Task`, built by :func:`default_tasks`) has
   webhook events past their retention window;
 * ``dead_letters_reconciled`` (:mod:`~orchestrator.maintenance.deadletters`): messages
   dramatiq dead-lettered in Redis, copied to PostgreSQL for operators (and re-sent when
-  their job is still live).
+  their job is still live);
+* ``ledger_audits`` (:mod:`~orchestrator.maintenance.audit`): once every
+  ``ORCHESTRATOR_AUDIT_INTERVAL_S``, the ledger compared with Stripe's own lists, drift
+  recorded in ``ledger_drift``.
 
 ``run()`` waits for the lock (a second clock waits here and takes over when the first dies,
 since PostgreSQL releases a session's advisory locks with its connection), listens for
@@ -42,9 +45,11 @@ from orchestrator.api import Orchestrator
 from orchestrator.db.pool import Conn, connect, listen, try_advisory_lock
 from orchestrator.logs import get_logger
 from orchestrator.maintenance import BATCH_LIMIT
+from orchestrator.maintenance.audit import LedgerAudit, stripe_lister
 from orchestrator.maintenance.deadletters import ReconcileDeadLetters
 from orchestrator.maintenance.leases import ExpireLeases
 from orchestrator.maintenance.sweeps import DeleteOld, Resend
+from orchestrator.ops.heartbeats import Beacon, clock_beacon
 from orchestrator.webhooks.ingest import send_process_message
 
 log = get_logger(__name__)
@@ -124,6 +129,8 @@ def default_tasks(orch: Orchestrator, owner: str) -> list[Task]:
         ),
         # Messages dramatiq dead-lettered in Redis: recorded for operators, live jobs re-sent.
         ReconcileDeadLetters(store, dispatcher, settings, owner),
+        # The ledger against Stripe's consistent lists, when the last audit is old enough.
+        LedgerAudit(orch.ops_store, settings, partial(stripe_lister, orch)),
     ]
 
 
@@ -153,19 +160,25 @@ class Clock:
         lock went with it: another clock may hold it by now. This one logs, waits an interval
         and starts over from waiting for the lock.
         """
-        while not stop.is_set():
-            try:
-                self._hold_lock_and_act(stop)
-            except psycopg.OperationalError as exc:
-                log.warning("clock.connection_lost", owner=self.owner, error=type(exc).__name__)
-                stop.wait(self.orch.settings.clock_interval_s)
+        beacon = clock_beacon(self.orch.settings)  # `orchestrator status`: leader or standby
+        try:
+            while not stop.is_set():
+                try:
+                    self._hold_lock_and_act(stop, beacon)
+                except psycopg.OperationalError as exc:
+                    log.warning("clock.connection_lost", owner=self.owner, error=type(exc).__name__)
+                    beacon.beat(leader=False)
+                    stop.wait(self.orch.settings.clock_interval_s)
+        finally:
+            beacon.clear()
 
-    def _hold_lock_and_act(self, stop: threading.Event) -> None:
+    def _hold_lock_and_act(self, stop: threading.Event, beacon: Beacon) -> None:
         with connect(self.orch.settings.database_url, autocommit=True) as conn:
             log.info("clock.waiting_for_lock", owner=self.owner)
             while not stop.is_set():
                 if try_advisory_lock(conn, CLOCK_LOCK_ID):
                     break
+                beacon.beat(leader=False)
                 stop.wait(self.orch.settings.clock_interval_s)
             if stop.is_set():
                 return
@@ -173,6 +186,7 @@ class Clock:
             listen(conn, DISPATCH_CHANNEL)
             interval = self.orch.settings.clock_interval_s
             while not stop.is_set():
+                beacon.beat(leader=True)
                 report = self.run_once()
                 if report.total:
                     log.info("clock.pass_completed", **report.counts)

@@ -1,0 +1,354 @@
+-- Migration 0001: the schema of the first release (0.1.0), unchanged. A database made by that
+-- release (no schema_migrations table, a jobs table present) is adopted at this version
+-- without running it; a new database runs it first. Later files change it.
+
+-- The orchestrator's whole schema: the single source of truth for tables, states and the
+-- invariants the database enforces by itself. Applied by `orchestrator migrate`; every
+-- statement is idempotent, so applying it again is a no-op.
+--
+-- Invariants held here rather than in code:
+--   * one job per application idempotency key        (jobs_idempotency_key_key)
+--   * states and kinds are closed sets                (enums job_state, job_kind, attempt_outcome)
+--   * a state change follows the state machine        (jobs_check_transition trigger)
+--   * every state change is recorded with who and why (job_transitions, same trigger)
+--   * amounts, currencies and keys have Stripe's shape (domains)
+--   * refunds never exceed their charge               (jobs_refunds_within_amount, below)
+
+-- gen_random_uuid() is built in from PostgreSQL 13; only older servers need pgcrypto for it
+-- (the embedded PostgreSQL of `orchestrator dev` ships without pgcrypto).
+DO $$ BEGIN
+    IF current_setting('server_version_num')::int < 130000 THEN
+        CREATE EXTENSION IF NOT EXISTS pgcrypto;
+    END IF;
+END $$;
+
+DO $$ BEGIN
+    -- pending:    accepted, waiting for a worker.
+    -- running:    claimed by a worker holding a lease; a provider call may be in flight.
+    -- retrying:   the last attempt provably did not execute; due again at next_attempt_at.
+    -- unknown:    an attempt may or may not have executed; resolved by lookup before any retry.
+    -- processing: the provider accepted it and reports a pending state; polled until final.
+    -- succeeded, failed, cancelled: terminal. dead: terminal until an operator acts.
+    CREATE TYPE job_state AS ENUM (
+        'pending', 'running', 'retrying', 'unknown', 'processing',
+        'succeeded', 'failed', 'dead', 'cancelled'
+    );
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    CREATE TYPE job_kind AS ENUM ('charge', 'refund', 'email');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+DO $$ BEGIN
+    -- How one provider call ended, as classified by the provider module:
+    -- succeeded:    the provider holds a successful object.
+    -- pending:      the provider accepted it and will settle later.
+    -- permanent:    the provider refused it for good (decline, invalid request, auth).
+    -- not_executed: provably nothing happened (refused connection, 429, key in use).
+    -- ambiguous:    it may have executed (timeout, cut connection, 5xx).
+    CREATE TYPE attempt_outcome AS ENUM (
+        'succeeded', 'pending', 'permanent', 'not_executed', 'ambiguous'
+    );
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+-- Column shapes as domains. PostgreSQL re-reads a table's CHECK constraints for every INSERT
+-- and UPDATE statement and re-checks them all on every updated row, changed columns or not; a
+-- domain's check is read once per connection and runs only where a value is written. So a
+-- column's own shape is a domain, and the table keeps only CHECKs relating several columns.
+DO $$
+DECLARE
+    d text[];
+BEGIN
+    FOREACH d SLICE 1 IN ARRAY ARRAY[
+        ['provider_name', 'text', 'VALUE ~ ''^[a-z][a-z0-9_]{0,31}$'''],
+        -- Stripe caps idempotency keys at 255 characters.
+        ['key_text', 'text', 'length(VALUE) BETWEEN 1 AND 255'],
+        ['sha256_hex', 'text', 'VALUE ~ ''^[0-9a-f]{64}$'''],
+        -- Integer minor units, within Stripe's 8-digit maximum.
+        ['minor_units', 'bigint', 'VALUE BETWEEN 1 AND 99999999'],
+        ['currency_code', 'text', 'VALUE ~ ''^[a-z]{3}$'''],
+        -- A provider's object or token id as given (cus_..., pm_...).
+        ['provider_token', 'text', 'length(VALUE) BETWEEN 1 AND 255'],
+        ['counter', 'integer', 'VALUE >= 0'],
+        ['attempt_budget', 'integer', 'VALUE BETWEEN 1 AND 100'],
+        ['unknown_cause_word', 'text',
+         'VALUE IN (''no_response'', ''server_error'', ''lease_expired'')'],
+        ['error_text', 'text', 'length(VALUE) <= 2000'],
+        -- Who changed a job (api, a worker id, cli:<user>...) and why.
+        ['actor_text', 'text', 'length(VALUE) BETWEEN 1 AND 200'],
+        ['reason_text', 'text', 'length(VALUE) BETWEEN 1 AND 500'],
+        ['http_status_code', 'integer', 'VALUE BETWEEN 100 AND 599']
+    ] LOOP
+        IF to_regtype(d[1]) IS NULL THEN
+            EXECUTE format('CREATE DOMAIN %I AS %s CHECK (%s)', d[1], d[2], d[3]);
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    kind              job_kind NOT NULL,
+    provider          provider_name NOT NULL,
+    state             job_state NOT NULL DEFAULT 'pending',
+
+    -- The application's key: one job per key, forever. Stripe caps keys at 255 characters.
+    idempotency_key   key_text NOT NULL UNIQUE,
+    -- sha256 (hex) of the canonical request: the same key with another request is a conflict.
+    fingerprint       sha256_hex NOT NULL,
+
+    -- Charges and refunds: the amount in minor units.
+    amount            minor_units,
+    currency          currency_code,
+    customer          provider_token,
+    payment_method    provider_token,
+    -- A refund points at the charge it refunds.
+    parent_job_id     uuid REFERENCES jobs (id),
+    -- Everything else the provider call needs (metadata, email fields), as given.
+    params            jsonb NOT NULL DEFAULT '{}'::jsonb,
+
+    -- The provider idempotency key is derived from (id, key_generation). The generation moves
+    -- on only when the earlier attempt is proven absent at the provider.
+    key_generation    counter NOT NULL DEFAULT 0,
+    attempts          counter NOT NULL DEFAULT 0,
+    max_attempts      attempt_budget NOT NULL,
+    next_attempt_at   timestamptz NOT NULL DEFAULT now(),
+    -- Created + retry horizon: no attempt is scheduled past it (inside key retention).
+    deadline_at       timestamptz NOT NULL,
+    -- Who holds the job and until when. Set by a claim; an expired lease means the holder died.
+    lease_owner       text,
+    lease_expires_at  timestamptz,
+    -- Why an `unknown` job is unknown: no_response (a same-key resend is safe),
+    -- server_error (the key replays the error: only a lookup settles it), lease_expired.
+    unknown_cause     unknown_cause_word,
+    last_attempt_at   timestamptz,
+    -- When a message for this job was last handed to the broker (the sweep's resend guard).
+    dispatched_at     timestamptz,
+
+    provider_ref      text,          -- the provider's object id (pi_..., re_..., message id)
+    provider_status   text,          -- the provider's own status word for that object
+    last_error_code   text,
+    last_error        error_text,
+    dead_reason       text,
+
+    -- Who made the latest state change and why; copied to job_transitions by the trigger.
+    changed_by        actor_text NOT NULL,
+    change_reason     reason_text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT jobs_charge_shape CHECK (
+        kind <> 'charge' OR (amount IS NOT NULL AND currency IS NOT NULL
+                             AND payment_method IS NOT NULL)),
+    CONSTRAINT jobs_refund_shape CHECK (kind <> 'refund' OR parent_job_id IS NOT NULL),
+    -- A running job always has a holder and a lease deadline.
+    CONSTRAINT jobs_running_has_lease CHECK (
+        state <> 'running' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)),
+    -- A success always names the provider object that proves it.
+    CONSTRAINT jobs_succeeded_has_ref CHECK (state <> 'succeeded' OR provider_ref IS NOT NULL),
+    CONSTRAINT jobs_dead_has_reason CHECK (state <> 'dead' OR dead_reason IS NOT NULL),
+    CONSTRAINT jobs_unknown_has_cause CHECK (state <> 'unknown' OR unknown_cause IS NOT NULL),
+    CONSTRAINT jobs_attempts_bounded CHECK (attempts <= max_attempts)
+);
+
+-- The dispatch sweep and workers look for due work: a partial index keeps it small.
+CREATE INDEX IF NOT EXISTS jobs_due_idx ON jobs (next_attempt_at)
+    WHERE state IN ('pending', 'retrying', 'unknown', 'processing');
+-- Lease expiry scans only running jobs.
+CREATE INDEX IF NOT EXISTS jobs_running_lease_idx ON jobs (lease_expires_at)
+    WHERE state = 'running';
+-- Operators list jobs by state, newest first (the DLQ is state = 'dead').
+CREATE INDEX IF NOT EXISTS jobs_state_created_idx ON jobs (state, created_at DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_parent_idx ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+
+-- One row per provider call, whatever its outcome.
+CREATE TABLE IF NOT EXISTS job_attempts (
+    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id               uuid NOT NULL REFERENCES jobs (id),
+    attempt              integer NOT NULL CHECK (attempt >= 1),
+    key_generation       counter NOT NULL,
+    provider_key         key_text,  -- the idempotency key sent
+    worker               text NOT NULL,
+    outcome              attempt_outcome NOT NULL,
+    error_class          text,      -- e.g. CardError, APIConnectionError
+    error_code           text,      -- e.g. card_declined, rate_limit, read_timeout
+    http_status          http_status_code,
+    provider_request_id  text,      -- Stripe's Request-Id, for support tickets
+    provider_ref         text,
+    duration_ms          counter NOT NULL,
+    started_at           timestamptz NOT NULL,
+    finished_at          timestamptz NOT NULL DEFAULT now(),
+    -- A job's attempt numbers never repeat: two workers can't both record attempt 3.
+    CONSTRAINT job_attempts_unique UNIQUE (job_id, attempt)
+);
+
+-- One row per state change: from, to, by whom and why. Written only by the trigger below.
+CREATE TABLE IF NOT EXISTS job_transitions (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      uuid NOT NULL REFERENCES jobs (id),
+    from_state  job_state,            -- NULL for the insert
+    to_state    job_state NOT NULL,
+    changed_by  text NOT NULL,
+    reason      text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS job_transitions_job_idx ON job_transitions (job_id, id);
+
+-- The state machine (docs/state_machine.md draws it). Anything else is a bug and is refused.
+CREATE OR REPLACE FUNCTION job_transition_allowed(from_state job_state, to_state job_state)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE from_state
+        WHEN 'pending'    THEN to_state IN ('running', 'dead', 'cancelled')
+        WHEN 'running'    THEN to_state IN ('succeeded', 'failed', 'retrying', 'unknown',
+                                            'processing', 'dead')
+        -- retrying -> succeeded: a webhook proves an earlier attempt succeeded after all.
+        WHEN 'retrying'   THEN to_state IN ('running', 'succeeded', 'dead', 'cancelled')
+        WHEN 'unknown'    THEN to_state IN ('succeeded', 'failed', 'retrying', 'processing',
+                                            'dead')
+        WHEN 'processing' THEN to_state IN ('succeeded', 'failed', 'dead')
+        -- dead -> succeeded: a replay whose lookup finds the provider already holds a
+        -- successful object adopts it instead of calling again (orchestrator.operations).
+        WHEN 'dead'       THEN to_state IN ('pending', 'cancelled', 'succeeded')
+        ELSE false  -- succeeded, failed, cancelled are final
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION jobs_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.state = OLD.state THEN
+            RETURN NEW;
+        END IF;
+        IF NOT job_transition_allowed(OLD.state, NEW.state) THEN
+            RAISE EXCEPTION 'job %: transition % -> % is not allowed', NEW.id, OLD.state, NEW.state
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.updated_at := now();
+        INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason)
+        VALUES (NEW.id, OLD.state, NEW.state, NEW.changed_by, NEW.change_reason);
+    ELSE
+        INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason)
+        VALUES (NEW.id, NULL, NEW.state, NEW.changed_by, NEW.change_reason);
+    END IF;
+    RETURN NEW;
+END $$;
+
+DROP TRIGGER IF EXISTS jobs_check_transition ON jobs;
+CREATE TRIGGER jobs_check_transition BEFORE UPDATE OF state ON jobs
+    FOR EACH ROW EXECUTE FUNCTION jobs_record_transition();
+DROP TRIGGER IF EXISTS jobs_record_insert ON jobs;
+CREATE TRIGGER jobs_record_insert AFTER INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION jobs_record_transition();
+
+-- Provider webhook events, stored verbatim before any processing (orchestrator.webhooks).
+DO $$ BEGIN
+    -- received:  stored, not processed yet (the clock re-sends its message if it was lost).
+    -- processed: applied to its job (which may have changed nothing: transitions never go back).
+    -- ignored:   an event type we do not handle, or an object no job of ours made.
+    -- failed:    processing kept failing; an operator looks at last_error.
+    CREATE TYPE webhook_status AS ENUM ('received', 'processed', 'ignored', 'failed');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider        provider_name NOT NULL,
+    event_id        text NOT NULL CHECK (length(event_id) BETWEEN 1 AND 255),  -- evt_...
+    type            text NOT NULL CHECK (length(type) BETWEEN 1 AND 255),
+    object_id       text CHECK (length(object_id) <= 255),   -- data.object.id (pi_..., ch_...)
+    job_id          uuid REFERENCES jobs (id),               -- resolved while processing
+    status          webhook_status NOT NULL DEFAULT 'received',
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    note            text CHECK (length(note) <= 500),        -- what processing did, and why
+    last_error      error_text,
+    -- The verified body as received. Never logged: it may hold customer data.
+    payload         jsonb NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    -- When a processing message was last sent (the clock's resend guard) ...
+    dispatched_at   timestamptz NOT NULL DEFAULT now(),
+    -- ... and until when a processor holds the event (two processors never race on one).
+    lease_expires_at timestamptz,
+    processed_at    timestamptz,
+    -- At most one row per provider event: a redelivered event is a duplicate, not new work.
+    CONSTRAINT webhook_events_provider_event_key UNIQUE (provider, event_id),
+    CONSTRAINT webhook_events_done_has_time CHECK (
+        (status = 'received') = (processed_at IS NULL))
+);
+-- The clock looks for events still waiting to be processed.
+CREATE INDEX IF NOT EXISTS webhook_events_received_idx ON webhook_events (dispatched_at)
+    WHERE status = 'received';
+-- Operators list events newest first, and by job.
+CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at DESC, id);
+CREATE INDEX IF NOT EXISTS webhook_events_job_idx ON webhook_events (job_id) WHERE job_id IS NOT NULL;
+
+-- Refunds: the sum of a charge's refunds never exceeds what was charged, even under concurrent
+-- refund requests. orch.refund() reserves the refund's amount on the charge row with one
+-- conditional UPDATE (reserve_refund) in the same transaction as the refund job's insert; the
+-- CHECK below makes an over-reservation impossible whatever code runs.
+-- refunded_amount: refunds reserved against this charge (succeeded plus in flight, and dead ones
+-- an operator may still replay); given back when a refund ends failed or cancelled (below).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS refunded_amount bigint NOT NULL DEFAULT 0;
+DO $$ BEGIN
+    ALTER TABLE jobs ADD CONSTRAINT jobs_refunds_within_amount CHECK (
+        refunded_amount >= 0
+        AND (kind = 'charge' OR refunded_amount = 0)
+        AND refunded_amount <= COALESCE(amount, 0));
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+-- A refund that ends failed (refused by the provider) or cancelled (discarded by an operator)
+-- moved no money: its reservation goes back to the charge, in the transition's own transaction.
+CREATE OR REPLACE FUNCTION jobs_release_refund() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE jobs SET refunded_amount = refunded_amount - NEW.amount
+    WHERE id = NEW.parent_job_id;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS jobs_release_refund ON jobs;
+CREATE TRIGGER jobs_release_refund AFTER UPDATE OF state ON jobs
+    FOR EACH ROW
+    WHEN (NEW.kind = 'refund' AND NEW.state IN ('failed', 'cancelled')
+          AND OLD.state NOT IN ('failed', 'cancelled'))
+    EXECUTE FUNCTION jobs_release_refund();
+
+-- Operator surface (orchestrator.operations): who did what to which job, when and why.
+-- Written in the same statement as the state change it records (or alone, for bulk runs).
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    actor    text NOT NULL,     -- cli:<user>, http:<name> ... never a secret
+    action   text NOT NULL,     -- e.g. dlq.replay, dlq.discard, dlq.adopt, dlq.replay_bulk
+    target   text,              -- a job id, or the filter of a bulk run
+    reason   text,
+    details  jsonb
+);
+CREATE INDEX IF NOT EXISTS operator_actions_at_idx ON operator_actions (at DESC);
+
+-- The DLQ is `state = 'dead'`, listed newest first with keyset pagination on (created_at, id):
+-- this partial index serves the first page and every next page as one index range scan.
+CREATE INDEX IF NOT EXISTS jobs_dead_created_idx ON jobs (created_at DESC, id DESC)
+    WHERE state = 'dead';
+-- `jobs list` without a state filter pages the same way over all jobs.
+CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at DESC, id DESC);
+-- /metrics reads recent attempts (latency histogram, outcomes) over a short window.
+CREATE INDEX IF NOT EXISTS job_attempts_finished_idx ON job_attempts (finished_at);
+
+-- dramatiq's own dead letters (Redis `<namespace>:<queue>.XQ`), copied here by the clock
+-- (orchestrator.deadletters) so that a message dramatiq gave up on is never invisible: Redis
+-- keeps them 7 days at most, and nothing lists them. No foreign key: a message may name a
+-- job that does not exist (or no longer does).
+CREATE TABLE IF NOT EXISTS broker_dead_letters (
+    message_id       text PRIMARY KEY,          -- dramatiq's redis_message_id
+    queue            text NOT NULL,
+    job_id           text,                      -- args[0] of the message, when it has one
+    actor_name       text,
+    dead_lettered_at timestamptz NOT NULL,      -- the XQ score
+    seen_at          timestamptz NOT NULL DEFAULT now(),
+    job_state        text,                      -- the job's state when the clock saw it
+    -- redispatched: the job was live in PostgreSQL, a new message was sent;
+    -- none: the job was already terminal (or unknown): nothing to do but show it.
+    action           text NOT NULL CHECK (action IN ('redispatched', 'none')),
+    message          jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS broker_dead_letters_seen_idx ON broker_dead_letters (seen_at DESC);
+-- Provider events find their job by the provider's object id.
+CREATE INDEX IF NOT EXISTS jobs_provider_ref_idx ON jobs (provider, provider_ref)
+    WHERE provider_ref IS NOT NULL;
