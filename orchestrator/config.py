@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     clock_interval_s: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_CLOCK_INTERVAL_S")
     )
+    # The clock audits the ledger against Stripe's lists this often (0: never); see
+    # orchestrator.maintenance.audit.
+    audit_interval_s: float = Field(
+        86400.0, ge=0, le=31 * 86400, validation_alias=_env("ORCHESTRATOR_AUDIT_INTERVAL_S")
+    )
     # Circuit breaker, per provider, shared in Redis (orchestrator.breaker). It opens after
     # this many consecutive failures (5xx, timeouts, connection errors) ...
     breaker_failure_threshold: int = Field(

@@ -52,6 +52,12 @@ def register(commands: Commands) -> None:
     p.add_argument("--limit", type=int, help="replay at most this many (filter mode)")
     p.add_argument("--rate", type=parse_rate, help="at most N/s (default 10/s)")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p.add_argument(
+        "--accept-duplicate-risk",
+        action="store_true",
+        help="also replay sends whose outcome was ambiguous (they may have been delivered: "
+        "the recipient may get them twice); audited",
+    )
     p.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
     p.add_argument("--reason", help="recorded in the audit log")
     p.add_argument("--actor", default=default_actor(), help="who is acting (audited)")
@@ -124,7 +130,15 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     with open_orchestrator() as orch:
         ops = operations(orch)
         if args.job_ids:
-            results = [ops.replay(job_id, actor, reason=args.reason) for job_id in args.job_ids]
+            results = [
+                ops.replay(
+                    job_id,
+                    actor,
+                    reason=args.reason,
+                    accept_duplicate_risk=args.accept_duplicate_risk,
+                )
+                for job_id in args.job_ids
+            ]
             return _report(args, results)
         flt = job_filter(args)
         if not args.dry_run and not args.yes and not _confirm(ops.count_dead(flt), flt, args):
@@ -138,6 +152,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             limit=args.limit,
             reason=args.reason,
             on_result=None if args.json else _print_result,
+            accept_duplicate_risk=args.accept_duplicate_risk,
         )
     if args.json:
         print_json(report.to_dict())

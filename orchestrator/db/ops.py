@@ -1,5 +1,6 @@
 """The operators' store: listings, replay / adopt / discard, the audit trail, metrics' reads,
-broker dead letters and the demo's read-outs (``queries/ops.sql``). Shares the job store's pool.
+broker dead letters and the demo's read-outs (``queries/ops.sql``), and the ledger audit's
+jobs, drift and runs (``queries/ledger.sql``). Shares the job store's pool.
 """
 
 from __future__ import annotations
@@ -69,6 +70,39 @@ class OpsStore(Queries):
 
     def recent_dead_letters(self, limit: int) -> list[Row]:
         return self._all("broker_dead_letters_recent", {"limit": limit})
+
+    # -- the ledger checked against the provider (queries/ledger.sql) ------------------------
+
+    def ledger_jobs_created_since(self, since: datetime, provider: str) -> list[Row]:
+        return self._all("ledger_jobs_created_since", {"since": since, "provider": provider})
+
+    def ledger_jobs_by_id(self, ids: list[str]) -> list[Row]:
+        return self._all("ledger_jobs_by_id", {"ids": ids}) if ids else []
+
+    def record_drift(self, rows: list[dict[str, Any]]) -> int:
+        """Record findings (``ledger_drift`` rows); returns how many were new."""
+        if not rows:
+            return 0
+        columns = ("provider", "kind", "job_id", "provider_ref", "detail", "source")
+        args = {c: [r[c] for r in rows] for c in columns}
+        return len(self._all("ledger_drift_insert", args))
+
+    def recent_drift(self, limit: int) -> list[Row]:
+        return self._all("ledger_drift_recent", {"limit": limit})
+
+    def drift_by_kind(self) -> dict[str, int]:
+        return {r["kind"]: int(r["n"]) for r in self._all("ledger_drift_by_kind")}
+
+    def start_audit(self, ran_by: str, since: datetime) -> Row:
+        row = self._one("ledger_audit_start", {"ran_by": ran_by, "since": since})
+        assert row is not None
+        return row
+
+    def finish_audit(self, audit_id: int, args: dict[str, Any]) -> Row | None:
+        return self._one("ledger_audit_finish", {"id": audit_id, **args})
+
+    def last_audit(self, ran_by: str, *, completed: bool = False) -> Row | None:
+        return self._one("ledger_audit_last", {"ran_by": ran_by, "completed": completed})
 
     # -- the demo's read-outs --------------------------------------------------------------
 

@@ -44,7 +44,9 @@ def render_dashboard(
     csrf: str,
     notice: str | None,
     now: datetime | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> str:
+    """The page; ``drift`` is :meth:`orchestrator.ops.service.Operations.drift`'s answer."""
     parts = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>orchestrator ops</title><style>{_STYLE}</style></head><body>",
@@ -59,6 +61,7 @@ def render_dashboard(
         "<h2>Attempts per minute (last hour)</h2>",
         attempts_chart(points, now or datetime.now(UTC)),
         _breakers(breakers),
+        _drift(drift or {"counts": {}, "drift": []}),
         _dlq(dead, csrf),
         _broker(broker_letters),
         "</body></html>",
@@ -86,6 +89,19 @@ def _breakers(breakers: Sequence[dict[str, Any]]) -> str:
     ]
     columns = ["provider", "state", "consecutive failures", "next probe"]
     return _table("Breakers", "breakers", columns, rows, "No breaker state available.")
+
+
+def _drift(drift: dict[str, Any]) -> str:
+    """Ledger drift: rows by kind, then the newest rows."""
+    counts = "".join(
+        f'<tr><th>{escape(kind)}</th><td id="drift-{escape(kind)}">{n}</td></tr>'
+        for kind, n in drift["counts"].items()
+    )
+    fields = ("found_at", "kind", "job_id", "provider_ref", "source", "detail")
+    rows = [[d[name] or "" for name in fields] for d in drift["drift"]]
+    columns = ["found", "kind", "job", "provider object", "source", "detail"]
+    latest = _table("Latest ledger drift", "drift", columns, rows, "No drift recorded.")
+    return f'<h2>Ledger drift</h2><table id="drift-counts">{counts}</table>{latest}'
 
 
 def _dlq(dead: Sequence[Job], csrf: str) -> str:

@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from orchestrator.breaker import PROVIDERS, SharedBreaker
-from orchestrator.errors import InvalidOperation, JobNotFound, ValidationError
+from orchestrator.errors import InvalidOperation, JobNotFound, OrchestratorError, ValidationError
 from orchestrator.logs import get_logger
 from orchestrator.ops.dashboard import render_dashboard
 from orchestrator.ops.filters import JobFilter, actor_name
@@ -53,12 +53,16 @@ HTTP_BULK_LIMIT = 200
 CHART_WINDOW_S = 3600
 MAX_BODY_BYTES = 64 * 1024
 DASHBOARD_ACTOR = "http:dashboard"
+# The dashboard shows this many of the newest ledger drift rows.
+DASHBOARD_DRIFT_ROWS = 20
 
 Handler = Callable[[Request], Awaitable[Response]]
 # A JSON API handler: the request and its parsed JSON body ({} for a GET) -> the JSON answer.
 ApiHandler = Callable[[Request, dict[str, Any]], Any]
 # The broker's dead letters, newest first, at most the given number (JSON-ready).
 DeadLetters = Callable[[int], list[dict[str, Any]]]
+# Live workers and the clock leader from their heartbeats (orchestrator.ops.heartbeats).
+Fleet = Callable[[], dict[str, Any]]
 
 
 class OpsAuth:
@@ -121,9 +125,11 @@ def ops_routes(
     token: str | None,
     breaker: SharedBreaker,
     dead_letters: DeadLetters,
+    fleet: Fleet | None = None,
 ) -> list[BaseRoute]:
     """Every ``/ops`` route: ``ops`` acts, ``token`` authenticates (None: refuse everything),
-    ``breaker`` reports the breakers' states, ``dead_letters`` lists the broker's."""
+    ``breaker`` reports the breakers' states, ``dead_letters`` lists the broker's, ``fleet``
+    the processes' heartbeats."""
     auth = OpsAuth(token)
     api = _Api(ops, auth, breaker, dead_letters)
     dash = _Dashboard(ops, auth, breaker, dead_letters)
@@ -133,11 +139,13 @@ def ops_routes(
         "/ops/api/counts": api.counts,
         "/ops/api/attempts": api.attempts,
         "/ops/api/breaker": api.breaker,
+        "/ops/api/drift": api.drift,
         "/ops/api/jobs": api.jobs,
         "/ops/api/jobs/{job_id}": api.job,
         "/ops/api/dlq": api.dlq,
         "/ops/api/dlq/broker": api.broker_dead_letters,
         "/ops/api/dlq/{job_id}": api.job,
+        "/ops/api/status": _fleet_status(fleet),
     }
     api_post: dict[str, ApiHandler] = {
         "/ops/api/dlq/replay": api.replay_bulk,
@@ -157,6 +165,20 @@ def ops_routes(
 
 
 # -- JSON API ------------------------------------------------------------------------------
+
+
+def _fleet_status(fleet: Fleet | None) -> ApiHandler:
+    """GET /ops/api/status: ``fleet()``, or 503 when Redis cannot say (or none is wired)."""
+
+    def status(request: Request, body: dict[str, Any]) -> Any:
+        if fleet is None:
+            return _error(503, "process heartbeats are not configured")
+        try:
+            return fleet()
+        except OrchestratorError as exc:
+            return _error(503, str(exc))
+
+    return status
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -200,6 +222,9 @@ class _Api(_Surface):
     def breaker(self, request: Request, body: dict[str, Any]) -> Any:
         return {"providers": _breaker_states(self._breaker)}
 
+    def drift(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.ops.drift(_limit(request))
+
     def jobs(self, request: Request, body: dict[str, Any]) -> Any:
         p = request.query_params
         flt = JobFilter.parse(
@@ -227,12 +252,17 @@ class _Api(_Surface):
 
     def replay(self, request: Request, body: dict[str, Any]) -> Any:
         reason = _str_field(body, "reason")
-        result = self.ops.replay(request.path_params["job_id"], _actor(request), reason=reason)
+        result = self.ops.replay(
+            request.path_params["job_id"],
+            _actor(request),
+            reason=reason,
+            accept_duplicate_risk=_flag(body, "accept_duplicate_risk"),
+        )
         return result.to_dict()
 
     def discard(self, request: Request, body: dict[str, Any]) -> Any:
         reason = _str_field(body, "reason") or ""
-        force = body.get("force") is True
+        force = _flag(body, "force")
         job = self.ops.discard(request.path_params["job_id"], _actor(request), reason, force=force)
         return job.to_dict()
 
@@ -266,8 +296,16 @@ class _Api(_Surface):
             dry_run=dry_run,
             limit=limit,
             reason=_str_field(body, "reason"),
+            accept_duplicate_risk=_flag(body, "accept_duplicate_risk"),
         )
         return report.to_dict()
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ValidationError(f"{name} must be a boolean")
+    return value
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -354,6 +392,7 @@ class _Dashboard(_Surface):
             broker_letters=self._dead_letters(20),
             breakers=_safe_breakers(self._breaker),
             points=self.ops.attempts_per_minute(CHART_WINDOW_S),
+            drift=self.ops.drift(DASHBOARD_DRIFT_ROWS),
             csrf=self.auth.csrf_for(session),
             notice=notice,
         )

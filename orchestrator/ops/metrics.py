@@ -10,7 +10,9 @@ reset on every restart). Instead the ``web`` process reads the truth when scrape
 * ``orchestrator_dlq_size``: jobs in ``dead``;
 * ``orchestrator_queue_depth{queue}``: Redis ``LLEN`` of the dramatiq queue and its delay queue;
 * ``orchestrator_broker_dead_letters``: messages in dramatiq's ``.XQ`` not yet reconciled;
-* ``orchestrator_reconcile_actions_total{action}``: dead letters the clock reconciled, by action.
+* ``orchestrator_reconcile_actions_total{action}``: dead letters the clock reconciled, by action;
+* ``orchestrator_ledger_drift{kind}``: drift between the ledger and the provider recorded in
+  ``ledger_drift`` (by webhooks and audits), by kind (every kind, 0 when none).
 
 A Redis failure leaves the Redis-backed metrics out of that scrape; it never fails the scrape.
 (``orchestrator_breaker_state`` is the breaker's own collector, registered by ``web``.)
@@ -34,6 +36,7 @@ from orchestrator.config import Settings
 from orchestrator.db import OpsStore, Store
 from orchestrator.logs import get_logger
 from orchestrator.maintenance.deadletters import xq_keys
+from orchestrator.ops.ledger import DriftKind
 
 log = get_logger(__name__)
 
@@ -77,6 +80,7 @@ class OpsCollector(Collector):
         for action in ("redispatched", "none"):
             reconciled.add_metric([action], actions.get(action, 0))
         yield reconciled
+        yield _drift(ops_store.drift_by_kind())
         yield from self._redis_metrics()
 
     def _redis_metrics(self) -> Iterator[Metric]:
@@ -103,6 +107,17 @@ class OpsCollector(Collector):
         )
         xq.add_metric([], int(results[-1]))
         yield xq
+
+
+def _drift(by_kind: dict[str, int]) -> Metric:
+    gauge = GaugeMetricFamily(
+        "orchestrator_ledger_drift",
+        "Recorded drift between the ledger and the provider (ledger_drift rows), by kind",
+        labels=["kind"],
+    )
+    for kind in DriftKind:
+        gauge.add_metric([str(kind)], by_kind.get(str(kind), 0))
+    return gauge
 
 
 def _outcomes(rows: list[dict[str, Any]]) -> Metric:

@@ -89,6 +89,8 @@ def _post(
 
 
 _REASON = {"type": "string", "minLength": 1, "maxLength": 500}
+# Replay sends whose outcome was ambiguous (they may have been delivered).
+_DUPLICATE_RISK = {"type": "boolean"}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -117,6 +119,16 @@ OPENAPI: dict[str, Any] = {
             [_query("window_s", {"type": "integer", "minimum": 60, "maximum": 604800}, "seconds")],
         ),
         "/ops/api/breaker": _get("circuit breaker state per provider", []),
+        "/ops/api/status": _get(
+            "live workers and the clock leader, from their heartbeats in Redis "
+            "(ok is false when no clock leader was seen recently)",
+            [],
+            {"503": _ok("Redis did not answer", {"$ref": "#/components/schemas/Error"})},
+        ),
+        "/ops/api/drift": _get(
+            "ledger drift recorded by webhooks and audits: rows by kind and the newest rows",
+            [_LIMIT],
+        ),
         "/ops/api/jobs": _get(
             "jobs, newest first",
             [
@@ -154,15 +166,20 @@ OPENAPI: dict[str, Any] = {
                     },
                     "dry_run": {"type": "boolean"},
                     "reason": _REASON,
+                    "accept_duplicate_risk": _DUPLICATE_RISK,
                 },
             },
             {},
         ),
         "/ops/api/dlq/{job_id}": _get("one dead job", [_JOB_ID], _NOT_FOUND),
         "/ops/api/dlq/{job_id}/replay": _post(
-            "replay one dead job (or adopt its provider-side success)",
+            "replay one dead job (or adopt its provider-side success); a send whose outcome "
+            "was ambiguous is skipped unless accept_duplicate_risk is true (audited)",
             [_JOB_ID],
-            {"type": "object", "properties": {"reason": _REASON}},
+            {
+                "type": "object",
+                "properties": {"reason": _REASON, "accept_duplicate_risk": _DUPLICATE_RISK},
+            },
             _NOT_FOUND,
         ),
         "/ops/api/dlq/{job_id}/discard": _post(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import ValidationError
-from orchestrator.models import Attempt, AttemptOutcome, Job, JobState
+from orchestrator.models import Attempt, AttemptOutcome, DeadReason, Job, JobState
 from orchestrator.providers.base import Outcome
 
 # The schema caps max_attempts at 100 (jobs_attempts_bounded, the CHECK on max_attempts).
@@ -117,6 +117,7 @@ def plan_replay(
     honours_keys: bool,
     budget: int,
     consistent: bool = False,
+    accept_duplicate_risk: bool = False,
 ) -> ReplayPlan:
     """Decide how to replay a dead job (see the module docstring for why). ``consistent``: the
     lookup read the provider's own records, so "nothing found" needs no search grace."""
@@ -124,6 +125,14 @@ def plan_replay(
         return ReplayPlan(ReplayAction.SKIP, f"job is {job.state}, not dead")
     if job.attempts + budget > MAX_ATTEMPTS_CEILING:
         return ReplayPlan(ReplayAction.SKIP, f"{job.attempts} attempts made: no budget left")
+    if job.dead_reason == DeadReason.AMBIGUOUS and not accept_duplicate_risk:
+        # Decided by the job alone (not by whether this process has the provider configured):
+        # a provider without idempotency keys may have delivered it already.
+        return ReplayPlan(
+            ReplayAction.SKIP,
+            "the outcome was ambiguous and the provider keeps no keys: it may have been "
+            "delivered; replay only with --accept-duplicate-risk",
+        )
     if not honours_keys:
         return ReplayPlan(
             ReplayAction.REPLAY, "provider keeps no idempotency keys: replay as asked"

@@ -23,6 +23,7 @@ from orchestrator.logs import get_logger
 from orchestrator.models import (
     Attempt,
     AttemptOutcome,
+    DeadReason,
     Job,
     JobKind,
     JobState,
@@ -41,6 +42,7 @@ from orchestrator.ops.filters import (
     page_size,
     reason_text,
 )
+from orchestrator.ops.ledger import DriftKind, drift_to_json
 from orchestrator.ops.replay import (
     BulkReport,
     ReplayAction,
@@ -159,13 +161,27 @@ class Operations:
             for r in rows
         ]
 
+    def drift(self, limit: int) -> dict[str, Any]:
+        """Recorded ledger drift: rows by kind (every kind) and the newest ``limit`` rows."""
+        by_kind = self.ops_store.drift_by_kind()
+        return {
+            "counts": {str(k): by_kind.get(str(k), 0) for k in DriftKind},
+            "drift": [drift_to_json(r) for r in self.ops_store.recent_drift(limit)],
+        }
+
     # -- replay ----------------------------------------------------------------------------
 
-    def plan(self, job: Job) -> ReplayPlan:
+    def plan(self, job: Job, *, accept_duplicate_risk: bool = False) -> ReplayPlan:
         """Decide (asking the provider when the key may hold a saved response)."""
         attempts = self.store.attempts(job.id)
         provider = self.providers().get(job.provider)
-        honours = provider.honours_idempotency_keys if provider is not None else True
+        # Without the provider configured here, the job itself tells: only a provider that
+        # keeps no idempotency keys leaves a job dead as ambiguous.
+        honours = (
+            provider.honours_idempotency_keys
+            if provider is not None
+            else job.dead_reason != DeadReason.AMBIGUOUS
+        )
         key_saved = key_may_be_saved(job, attempts)
         found: Outcome | None = None
         failed = False
@@ -188,14 +204,24 @@ class Operations:
             honours_keys=honours,
             budget=self.settings.max_attempts,
             consistent=provider is not None and provider.lookup_is_consistent(job),
+            accept_duplicate_risk=accept_duplicate_risk,
         )
 
-    def replay(self, job_id: str, actor: str, *, reason: str | None = None) -> ReplayResult:
-        """Replay one dead job (or adopt its provider-side success). Never raises for a skip."""
+    def replay(
+        self,
+        job_id: str,
+        actor: str,
+        *,
+        reason: str | None = None,
+        accept_duplicate_risk: bool = False,
+    ) -> ReplayResult:
+        """Replay one dead job (or adopt its provider-side success). Never raises for a skip.
+        A dead ``ambiguous`` job (a send that may have been delivered) is replayed only with
+        ``accept_duplicate_risk``, which is audited."""
         job = self._job(job_id)
-        return self._apply(
-            job, self.plan(job), actor_name(actor), reason_text(reason, required=False)
-        )
+        plan = self.plan(job, accept_duplicate_risk=accept_duplicate_risk)
+        why = reason_text(reason, required=False)
+        return self._apply(job, plan, actor_name(actor), why, accept_duplicate_risk)
 
     def replay_matching(
         self,
@@ -207,6 +233,7 @@ class Operations:
         limit: int | None = None,
         reason: str | None = None,
         on_result: Callable[[ReplayResult], None] | None = None,
+        accept_duplicate_risk: bool = False,
     ) -> BulkReport:
         """Replay every dead job the filter selects, at most ``rate_per_s`` a second."""
         who = actor_name(actor)
@@ -222,7 +249,8 @@ class Operations:
                 if wait_s > 0:
                     self._sleep(wait_s)
                 next_at = max(next_at, self._monotonic()) + interval_s
-                result = self._apply(job, self.plan(job), who, why)
+                plan = self.plan(job, accept_duplicate_risk=accept_duplicate_risk)
+                result = self._apply(job, plan, who, why, accept_duplicate_risk)
             report.results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -257,9 +285,18 @@ class Operations:
             job.id, ReplayAction.SKIP, f"dry run: {why}", str(job.state), job.key_generation
         )
 
-    def _apply(self, job: Job, plan: ReplayPlan, actor: str, reason: str | None) -> ReplayResult:
+    def _apply(
+        self,
+        job: Job,
+        plan: ReplayPlan,
+        actor: str,
+        reason: str | None,
+        accept_duplicate_risk: bool = False,
+    ) -> ReplayResult:
         why = f"replay: {plan.reason}" + (f" ({reason})" if reason else "")
-        details = {"plan": plan.reason, "generation_step": plan.generation_step}
+        details: dict[str, Any] = {"plan": plan.reason, "generation_step": plan.generation_step}
+        if accept_duplicate_risk:
+            details["accept_duplicate_risk"] = True
         args: dict[str, Any] = {
             "id": job.id,
             "actor": actor,

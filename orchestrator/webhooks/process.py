@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.logs import get_logger
 from orchestrator.models import AttemptOutcome, EventStatus, Job, JobState, WebhookEvent
+from orchestrator.ops.ledger import ENDED_UNSUCCESSFUL, DriftKind, DriftSource, Finding
 from orchestrator.providers.base import Outcome, Provider
 from orchestrator.providers.stripe import webhooks as stripe_webhooks
 from orchestrator.webhooks.events import Meaning, NoteReport, ObjectReport, Result
@@ -149,6 +150,7 @@ def _settle(
     if job.provider_ref not in (None, ref):
         if target is JobState.SUCCEEDED:  # a second successful object for one job
             log.error("webhook.second_charge_detected", job_id=job.id, event_id=event.event_id)
+            _record_second_success(orch, event, job, report)
         return Result(EventStatus.PROCESSED, f"job refers to {job.provider_ref}, not {ref}", job.id)
     if (
         target is JobState.FAILED
@@ -185,11 +187,9 @@ def _settle(
                 provider_ref=ref,
                 event_id=event.event_id,
             )
-            return Result(
-                EventStatus.PROCESSED,
-                f"drift: {label} {ref} succeeded but the job is {state}",
-                job.id,
-            )
+            note = f"drift: {label} {ref} succeeded but the job is {state}"
+            _record_drift(orch, event, job, DriftKind.SUCCESS_WITHOUT_SUCCEEDED_JOB, ref, note)
+            return Result(EventStatus.PROCESSED, note, job.id)
         return Result(
             EventStatus.PROCESSED, f"job is {state}: no change ({outcome.provider_status})", job.id
         )
@@ -197,6 +197,31 @@ def _settle(
         orch.dispatcher.send(job.id, delay_s)  # polled until final, like any processing job
     log.info("job.settled_by_webhook", job_id=job.id, state=str(target), event_id=event.event_id)
     return Result(EventStatus.PROCESSED, f"job {job.state} -> {target}", job.id)
+
+
+def _record_second_success(
+    orch: Orchestrator, event: WebhookEvent, job: Job, report: ObjectReport
+) -> None:
+    """A success for an object other than the one the job refers to: a duplicate when the job
+    succeeded, a success the ledger lacks when it ended otherwise; in flight, the job may yet
+    settle either way (the audit compares once it has)."""
+    if job.state is JobState.SUCCEEDED:
+        kind = DriftKind.DUPLICATE_SUCCESS
+    elif job.state in ENDED_UNSUCCESSFUL:
+        kind = DriftKind.SUCCESS_WITHOUT_SUCCEEDED_JOB
+    else:
+        return
+    note = f"{report.label} {report.ref} succeeded; the {job.state} job has {job.provider_ref}"
+    _record_drift(orch, event, job, kind, report.ref, note)
+
+
+def _record_drift(
+    orch: Orchestrator, event: WebhookEvent, job: Job, kind: DriftKind, ref: str, note: str
+) -> None:
+    """Record the drift in ``ledger_drift`` (once; a failure here fails the event's processing,
+    which is retried: drift is never dropped)."""
+    finding = Finding(kind, job.id, ref, f"{event.type} {event.event_id}: {note}", event.provider)
+    orch.ops_store.record_drift([finding.row(DriftSource.WEBHOOK)])
 
 
 def _apply_note(orch: Orchestrator, event: WebhookEvent, report: NoteReport) -> Result:

@@ -96,13 +96,18 @@ def test_charge_either_refuses_or_creates_one_job(
     subject=maybe_text,
     body=maybe_text,
     key=st.one_of(texts, anything),
+    sender=st.one_of(st.just("shop@example.com"), texts, st.integers()),
 )
 def test_send_email_either_refuses_or_creates_one_job(
-    orch: Any, to: Any, subject: Any, body: Any, key: Any
+    orch: Any, to: Any, subject: Any, body: Any, key: Any, sender: Any
 ) -> None:
-    """send_email(): the same property for emails."""
+    """send_email(): the same property for emails. (With no sender given and none configured
+    the call is a ConfigError instead: the deployment, not the input, is wrong.)"""
     _one_job_or_validation_error(
-        orch, lambda: orch.send_email(to, subject, body=body, idempotency_key=_unique(key))
+        orch,
+        lambda: orch.send_email(
+            to, subject, body=body, idempotency_key=_unique(key), from_email=sender
+        ),
     )
 
 

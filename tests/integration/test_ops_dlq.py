@@ -378,7 +378,11 @@ def test_bulk_replay_of_1000_dead_charges_after_the_fault_is_fixed(
 
     simulator.set_faults("stripe", rate_500=1.0)
     started = time.perf_counter()
-    jobs = [_charge(one_shot, f"bulk-{i}", amount=100 + i) for i in range(1000)]
+    # 50 customers: a lookup lists its customer's intents of the window (a consistent read).
+    jobs = [
+        one_shot.charge(100 + i, "usd", f"cus_bulk_{i % 50}", "pm_card_visa", f"bulk-{i}")
+        for i in range(1000)
+    ]
     executor = Executor(
         orch.store, one_shot.providers(), orch.dispatcher, one_shot.settings, breaker=_NoBreaker()
     )

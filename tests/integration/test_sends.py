@@ -205,3 +205,33 @@ def test_sendgrid_outage_opens_its_breaker_and_charges_flow(
     assert simulator.mail() == []
     posts = _sendgrid_posts(simulator)
     assert posts and all(r["fault"] == "outage" for r in posts)
+
+
+@pytest.mark.parametrize("sendgrid_configured", [True, False])
+def test_replaying_an_ambiguous_send_needs_accept_duplicate_risk(
+    orch: Any, simulator: Any, sendgrid_configured: bool
+) -> None:
+    """A send cut after delivery is dead/ambiguous: a replay refuses it (it may be delivered
+    twice) whether or not the replaying process has SENDGRID_API_KEY; with
+    accept_duplicate_risk it goes back to pending, and the audit says so."""
+    from orchestrator.ops.replay import ReplayAction
+    from orchestrator.ops.service import Operations
+
+    simulator.set_faults("sendgrid", rate_cut_after_execute=1.0)
+    job = _send(orch, f"ambiguous-replay-{sendgrid_configured}")
+    assert orch.executor().run(job.id) is JobState.DEAD
+    simulator.set_faults("sendgrid")
+    replayer = (
+        orch
+        if sendgrid_configured
+        else orchestrator_like(orch, simulator.url, sendgrid_api_key=None)
+    )
+    ops = Operations.from_orchestrator(replayer)
+    refused = ops.replay(job.id, "cli:ana")
+    assert refused.action is ReplayAction.SKIP and "duplicate-risk" in refused.reason
+    assert orch.job(job.id).state is JobState.DEAD
+    accepted = ops.replay(job.id, "cli:ana", accept_duplicate_risk=True)
+    assert accepted.action is ReplayAction.REPLAY
+    assert orch.job(job.id).state is JobState.PENDING
+    (action,) = ops.show(job.id).actions
+    assert action["details"]["accept_duplicate_risk"] is True

@@ -6,6 +6,7 @@ timeouts; the SDK's own retries stay off (they would invent a random key per cal
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -13,7 +14,9 @@ from stripe import RequestOptions
 
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.models import AttemptOutcome, Job, JobKind
+from orchestrator.ops.ledger import ProviderObject
 from orchestrator.providers.base import NO_RESPONSE, Outcome
+from orchestrator.providers.stripe import audit
 from orchestrator.providers.stripe.errors import classify_error, clip
 from orchestrator.providers.stripe.objects import (
     REFUND_RANK,
@@ -149,6 +152,13 @@ class StripeProvider:
         # One job makes at most one live refund; prefer it over failed key generations.
         mine.sort(key=lambda r: (REFUND_RANK.get(str(r.status), 2), r.created))
         return outcome_of_refund(mine[0].to_dict(), None)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def list_objects(self, since: datetime, account: str | None) -> list[ProviderObject]:
+        """Every PaymentIntent and Refund naming a job, created since ``since`` in ``account``
+        (None: the platform), through Stripe's consistent lists (the ledger audit)."""
+        return audit.list_objects(self._client, since, account)
 
 
 def _account(job: Job) -> RequestOptions:
