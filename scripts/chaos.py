@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,14 @@ from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.db import migrate  # noqa: E402
 from orchestrator.dev.simulator import SimulatorControl  # noqa: E402
 from orchestrator.logs import configure_logging  # noqa: E402
-from tests.processes import Proc, clock_args, settings_env, spawn, worker_args  # noqa: E402
+from tests.processes import (  # noqa: E402
+    Proc,
+    clock_args,
+    free_port,
+    settings_env,
+    spawn,
+    worker_args,
+)
 
 ADMIN_URL = os.environ.get("CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CHAOS_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -43,12 +49,6 @@ SETTLE_TIMEOUT_S = 300
 CRASH_ENV = "CHAOS_PG_CRASH_CMD"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Run:
     """One scenario's world: a database, a namespace, a simulator, workers and a clock."""
 
@@ -56,7 +56,7 @@ class Run:
         self.name = name
         self.logs = logs
         self.db = f"orchestrator_chaos_{name}_{uuid.uuid4().hex[:6]}"
-        self.port = _free_port()
+        self.port = free_port()
         self.stack = ExitStack()
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.db}"')

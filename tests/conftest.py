@@ -9,7 +9,9 @@ with TEST_FORCE_EMBEDDED=1), embedded PostgreSQL and Redis are started for the s
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import stripe
 
 from tests.embedded import service_urls
 
@@ -138,6 +141,12 @@ def orch(database_url: str, redis_namespace: str, simulator: Any) -> Iterator[An
     orchestrator.close()
 
 
+def truncate(orch: Any, *tables: str) -> None:
+    """Empty ``tables`` of ``orch``'s database."""
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(tables)}")
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Integration tests start from empty tables, an empty namespace and a reset simulator."""
@@ -145,8 +154,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         orchestrator = request.getfixturevalue("orch")
         sim = request.getfixturevalue("simulator")
         orchestrator.dispatcher.flush()  # no message of an earlier test lands in this one
-        with psycopg.connect(orchestrator.settings.database_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE job_transitions, job_attempts, jobs CASCADE")
+        truncate(orchestrator, "job_transitions", "job_attempts", "jobs CASCADE")
         _flush_namespace(orchestrator.settings.redis_namespace)
         sim.reset()
     yield
@@ -179,3 +187,74 @@ def wait_until(
 def count_jobs(orch: Any, state: str | None = None) -> int:
     counts: dict[str, int] = orch.store.count_by_state()
     return sum(counts.values()) if state is None else counts.get(state, 0)
+
+
+def cli_main(orch: Any, monkeypatch: pytest.MonkeyPatch, **extra_env: str) -> Any:
+    """``orchestrator ...`` in-process (its ``main``), configured by environment like ``orch``
+    (with ``extra_env`` added) and logging JSON warnings."""
+    s = orch.settings
+    env = {
+        "DATABASE_URL": s.database_url,
+        "REDIS_URL": s.redis_url,
+        "ORCHESTRATOR_REDIS_NAMESPACE": s.redis_namespace,
+        "STRIPE_API_KEY": s.stripe_api_key.get_secret_value(),
+        "STRIPE_API_BASE": s.stripe_api_base,
+        **extra_env,
+        "ORCHESTRATOR_LOG_FORMAT": "json",
+        "ORCHESTRATOR_LOG_LEVEL": "warning",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from orchestrator.cli import main
+
+    return main
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve an ASGI app under uvicorn on 127.0.0.1:0; yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def create_intent_elsewhere(
+    simulator: Any,
+    job: Any,
+    *,
+    amount: int | None = None,
+    generation: int,
+    pm: str = "pm_card_visa",
+    stripe_account: str | None = None,
+) -> Any:
+    """A confirmed PaymentIntent naming ``job`` (its key ``generation``), made straight at the
+    simulator through the SDK, as if by an attempt whose answer the ledger never saw."""
+    client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": simulator.url})
+    return client.v1.payment_intents.create(
+        {
+            "amount": amount or job.amount,
+            "currency": job.currency,
+            "customer": job.customer,
+            "payment_method": pm,
+            "confirm": True,
+            "off_session": True,
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            "metadata": {
+                "orchestrator_job_id": job.id,
+                "orchestrator_key_generation": str(generation),
+            },
+        },
+        options={"stripe_account": stripe_account} if stripe_account else {},
+    )

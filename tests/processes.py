@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydantic import SecretStr
 
 from orchestrator.config import _ALIASES
 
 ROOT = Path(__file__).resolve().parent.parent
+# The redis-server on PATH, else the one the project's venv may hold.
+REDIS_SERVER = shutil.which("redis-server") or str(ROOT / ".venv" / "bin" / "redis-server")
 
 
 def settings_env(settings: Any, **extra: str) -> dict[str, str]:
@@ -96,3 +101,43 @@ def wait_for_log(proc: Proc, needle: str, timeout_s: float = 20.0) -> None:
             raise AssertionError(f"process exited early:\n{proc.log()[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} not logged within {timeout_s}s:\n{proc.log()[-3000:]}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_args(port: int, *extra: str) -> list[str]:
+    """A throwaway redis-server on 127.0.0.1:``port``: nothing saved to disk."""
+    return [
+        REDIS_SERVER,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        *extra,
+    ]
+
+
+def wait_for_redis(port: int, timeout_s: float = 10.0) -> None:
+    """Until the Redis on 127.0.0.1:``port`` answers a PING."""
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError(f"redis on port {port} did not answer within {timeout_s}s")

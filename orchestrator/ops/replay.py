@@ -18,7 +18,7 @@ lookup) and applies the plan.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.errors import ValidationError
@@ -58,13 +58,7 @@ class ReplayResult:
     key_generation: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "action": str(self.action),
-            "reason": self.reason,
-            "state": self.state,
-            "key_generation": self.key_generation,
-        }
+        return {**asdict(self), "action": str(self.action)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,16 @@ import python_http_client.exceptions as sg_errors
 import sendgrid
 
 from orchestrator.models import AttemptOutcome, Job
-from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
+from orchestrator.providers.base import (
+    NO_RESPONSE,
+    SERVER_ERROR,
+    Outcome,
+    clip,
+    header,
+    retry_after_s,
+)
 from orchestrator.validation import JOB_ID_METADATA_KEY
 
-MAX_ERROR_MESSAGE_CHARS = 500
 # 503 means SendGrid did not take the request in (v3 API unavailable): provably not delivered.
 # Other 5xx (500, 502, 504) may come after the message was queued for delivery.
 NOT_ACCEPTED_STATUSES = frozenset({503})
@@ -92,7 +98,7 @@ def mail_body(job: Job) -> dict[str, Any]:
 
 def outcome_of_response(job: Job, status: int, headers: Mapping[str, str] | None) -> Outcome:
     """A 2xx: SendGrid accepted the message. Its X-Message-Id becomes the job's provider_ref."""
-    message_id = _header(headers, "X-Message-Id")
+    message_id = header(headers, "X-Message-Id")
     return Outcome(
         AttemptOutcome.SUCCEEDED,
         # A success must name a provider object; without a message id the job id stands in.
@@ -114,14 +120,14 @@ def classify_error(exc: BaseException) -> Outcome:
             AttemptOutcome.NOT_EXECUTED,
             error_class=type(exc).__name__,
             error_code="connect_failed",
-            message=_clip(str(exc.reason)),
+            message=clip(str(exc.reason)),
         )
     if isinstance(exc, ConnectionRefusedError):
         return Outcome(
             AttemptOutcome.NOT_EXECUTED,
             error_class=type(exc).__name__,
             error_code="connect_failed",
-            message=_clip(str(exc)),
+            message=clip(str(exc)),
         )
     if isinstance(exc, TimeoutError):
         code = "read_timeout"
@@ -133,7 +139,7 @@ def classify_error(exc: BaseException) -> Outcome:
         AttemptOutcome.AMBIGUOUS,
         error_class=type(exc).__name__,
         error_code=code,
-        message=_clip(str(exc)),
+        message=clip(str(exc)),
         unknown_cause=NO_RESPONSE,
     )
 
@@ -144,17 +150,17 @@ def _classify_http_error(exc: sg_errors.HTTPError) -> Outcome:
     fields: dict[str, Any] = {
         "error_class": type(exc).__name__,
         "error_code": f"http_{status}",
-        "message": _clip(_error_message(exc)),
+        "message": clip(_error_message(exc)),
         "http_status": status if 100 <= status <= 599 else None,
     }
     if status == RATE_LIMITED_STATUS:
         return Outcome(
             AttemptOutcome.NOT_EXECUTED,
-            retry_after_s=_retry_after(headers),
+            retry_after_s=retry_after_s(headers),
             **{**fields, "error_code": "rate_limited"},
         )
     if status in NOT_ACCEPTED_STATUSES:
-        return Outcome(AttemptOutcome.NOT_EXECUTED, retry_after_s=_retry_after(headers), **fields)
+        return Outcome(AttemptOutcome.NOT_EXECUTED, retry_after_s=retry_after_s(headers), **fields)
     if 400 <= status < 500:
         return Outcome(AttemptOutcome.PERMANENT, **fields)
     return Outcome(AttemptOutcome.AMBIGUOUS, unknown_cause=SERVER_ERROR, **fields)
@@ -172,25 +178,3 @@ def _error_message(exc: sg_errors.HTTPError) -> str:
     except Exception:  # not JSON, or not SendGrid's shape
         parts = []
     return "; ".join(parts) or str(getattr(exc, "reason", "") or type(exc).__name__)
-
-
-def _header(headers: Mapping[str, str] | Any, name: str) -> str | None:
-    if not headers:
-        return None
-    value = headers.get(name)  # http.client.HTTPMessage: case-insensitive
-    if value is None and isinstance(headers, Mapping):
-        wanted = name.lower()
-        value = next((v for k, v in headers.items() if str(k).lower() == wanted), None)
-    return str(value) if value else None
-
-
-def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
-    value = _header(headers, "Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _clip(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_MESSAGE_CHARS else message[:MAX_ERROR_MESSAGE_CHARS]

@@ -3,10 +3,7 @@ calls after the configured timeout instead of blocking the caller forever."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,42 +16,18 @@ import redis
 from orchestrator.api import Orchestrator
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.maintenance.clock import Clock
-from tests.conftest import settings_like, wait_until
-
-REDIS_SERVER = shutil.which("redis-server") or os.path.join(
-    os.path.dirname(os.path.realpath(__file__)), "..", "..", ".venv", "bin", "redis-server"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.conftest import settings_like
+from tests.processes import free_port, redis_server_args, wait_for_redis
 
 
 @pytest.fixture
 def frozen_redis_url() -> Iterator[str]:
     """A redis-server of our own, answering at first, then stopped with SIGSTOP."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        redis_server_args(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    client = redis.Redis(port=port, socket_timeout=1)
-    wait_until(lambda: _pings(client), timeout_s=10)
-    client.close()
+    wait_for_redis(port)
     proc.send_signal(signal.SIGSTOP)
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -62,13 +35,6 @@ def frozen_redis_url() -> Iterator[str]:
         proc.send_signal(signal.SIGCONT)
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def test_a_send_to_a_frozen_redis_fails_after_the_timeout(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,28 +13,37 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.test_ops_web import AUTH, TOKEN, _serve
-from tests.processes import ROOT, clock_args, settings_env, spawn, wait_for_log, worker_args
+from tests.conftest import serve
+from tests.integration.test_ops_web import AUTH, TOKEN
+from tests.processes import (
+    ROOT,
+    clock_args,
+    free_port,
+    settings_env,
+    spawn,
+    wait_for_log,
+    worker_args,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _run_status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``orchestrator status [args]`` in a subprocess with ``env``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "status", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _status(orch: Any) -> tuple[int, dict[str, Any]]:
     """``orchestrator status --json`` in a subprocess: (exit code, its JSON)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "status", "--json"],
-        env=settings_env(orch.settings),
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run_status(settings_env(orch.settings), "--json")
     return done.returncode, json.loads(done.stdout)
 
 
@@ -54,7 +62,7 @@ def test_readyz_is_200_when_postgres_and_redis_answer(orch: Any, simulator: Any)
     from orchestrator.web import create_app
     from tests.conftest import orchestrator_like
 
-    with _serve(create_app(orchestrator_like(orch, simulator.url))) as url:
+    with serve(create_app(orchestrator_like(orch, simulator.url))) as url:
         ready = requests.get(url + "/readyz", timeout=5)
         assert (ready.status_code, ready.json()) == (200, {"postgres": "ok", "redis": "ok"})
         assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
@@ -67,9 +75,9 @@ def test_readyz_is_503_naming_redis_when_it_is_unreachable(orch: Any, simulator:
     from tests.conftest import orchestrator_like
 
     no_redis = orchestrator_like(
-        orch, simulator.url, redis_url=f"redis://127.0.0.1:{_closed_port()}/0"
+        orch, simulator.url, redis_url=f"redis://127.0.0.1:{free_port()}/0"
     )
-    with _serve(create_app(no_redis)) as url:
+    with serve(create_app(no_redis)) as url:
         started = time.monotonic()
         ready = requests.get(url + "/readyz", timeout=5)
         assert time.monotonic() - started < 3
@@ -106,7 +114,7 @@ def test_status_shows_workers_and_the_clock_leader(
             assert status["clock_leader"] == leader
             assert leader["pid"] == first.popen.pid and standby["pid"] == second.popen.pid
 
-            with _serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
+            with serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
                 assert requests.get(url + "/ops/api/status", timeout=5).status_code == 401
                 served = requests.get(url + "/ops/api/status", headers=AUTH, timeout=5).json()
             assert served["ok"] is True
@@ -128,15 +136,7 @@ def test_status_flags_a_missing_clock_while_workers_run(orch: Any, tmp_path: Pat
     with spawn(worker_args(1, 1), env, tmp_path / "worker.log"):
         code, status = _wait_status(orch, lambda s: s["workers"])
         assert code == 1 and status["clock_leader"] is None
-        text = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "status"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        text = _run_status(env)
     assert text.returncode == 1
     assert "PROBLEM: no clock leader seen in the last 30 s" in text.stdout
     assert text.stdout.startswith("worker ")
@@ -144,15 +144,7 @@ def test_status_flags_a_missing_clock_while_workers_run(orch: Any, tmp_path: Pat
 
 def test_status_is_an_error_when_redis_does_not_answer(orch: Any) -> None:
     """Redis unreachable: exit 1 with one line naming it, not a traceback."""
-    env = settings_env(orch.settings, REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0")
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "status"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = settings_env(orch.settings, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    done = _run_status(env)
     assert done.returncode == 1
     assert done.stderr.strip() == "orchestrator: cannot read heartbeats from Redis: ConnectionError"

@@ -5,55 +5,35 @@ dashboard show what was found. Real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import requests
-import stripe
 
 from orchestrator.maintenance.clock import Clock
 from orchestrator.models import JobState
 from orchestrator.providers.stripe.webhooks import parse_event
 from orchestrator.webhooks.ingest import ingest
 from orchestrator.webhooks.process import process_event
-from tests.conftest import STRIPE_TEST_KEY, orchestrator_like
+from tests.conftest import cli_main, create_intent_elsewhere, orchestrator_like, serve, truncate
 
 TOKEN = "ledger-test-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(autouse=True)
-def _clean_ledger_tables(orch: Any) -> Iterator[None]:
-    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ledger_drift, ledger_audits")
-    yield
+def _clean_ledger_tables(orch: Any) -> None:
+    truncate(orch, "ledger_drift", "ledger_audits")
 
 
 @pytest.fixture
 def cli(orch: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``orchestrator ...`` in-process, configured like the session's Orchestrator."""
-    s = orch.settings
-    env = {
-        "DATABASE_URL": s.database_url,
-        "REDIS_URL": s.redis_url,
-        "ORCHESTRATOR_REDIS_NAMESPACE": s.redis_namespace,
-        "STRIPE_API_KEY": s.stripe_api_key.get_secret_value(),
-        "STRIPE_API_BASE": s.stripe_api_base,
-        "ORCHESTRATOR_LOG_FORMAT": "json",
-        "ORCHESTRATOR_LOG_LEVEL": "warning",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    from orchestrator.cli import main
-
-    return main
+    return cli_main(orch, monkeypatch)
 
 
 def _audit(cli: Any, capsys: pytest.CaptureFixture[str], since: str = "1h") -> tuple[int, Any]:
@@ -85,26 +65,30 @@ def _intent_made_elsewhere(
 ) -> dict[str, Any]:
     """A successful PaymentIntent naming ``job``, made straight at the simulator (in the job's
     Connect account, if any), as if by an attempt whose answer the ledger never saw."""
-    client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": simulator.url})
-    account = job.params.get("stripe_account")
-    intent = client.v1.payment_intents.create(
-        {
-            "amount": amount or job.amount,
-            "currency": job.currency,
-            "customer": job.customer,
-            "payment_method": "pm_card_visa",
-            "confirm": True,
-            "off_session": True,
-            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-            "metadata": {
-                "orchestrator_job_id": job.id,
-                "orchestrator_key_generation": str(generation),
-            },
-        },
-        options={"stripe_account": account} if account else {},
+    intent = create_intent_elsewhere(
+        simulator,
+        job,
+        amount=amount,
+        generation=generation,
+        stripe_account=job.params.get("stripe_account"),
     )
     assert intent.status == "succeeded"
     return dict(intent.to_dict())
+
+
+def _deliver_success_event(orch: Any, intent: dict[str, Any]) -> Any:
+    """A verified payment_intent.succeeded for ``intent``, ingested and processed at once;
+    returns what processing it gave."""
+    event = {
+        "id": f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "data": {"object": intent},
+    }
+    stored = ingest(orch, "stripe", parse_event(json.dumps(event).encode()))
+    assert stored.row_id is not None
+    return process_event(orch, stored.row_id)
 
 
 def test_a_clean_run_audits_clean(
@@ -246,16 +230,7 @@ def test_a_success_webhook_for_a_failed_charge_is_recorded_as_drift(
     assert job.state is JobState.FAILED
     pi = _intent_made_elsewhere(simulator, job)
     _sql(orch, "UPDATE jobs SET provider_ref = NULL WHERE id = %s", job.id)
-    event = {
-        "id": f"evt_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "type": "payment_intent.succeeded",
-        "created": int(time.time()),
-        "data": {"object": pi},
-    }
-    stored = ingest(orch, "stripe", parse_event(json.dumps(event).encode()))
-    assert stored.row_id is not None
-    result = process_event(orch, stored.row_id)
+    result = _deliver_success_event(orch, pi)
     assert result is not None and (result.note or "").startswith("drift:")
     assert orch.job(job.id).state is JobState.FAILED
     expected = [("success_without_succeeded_job", job.id, pi["id"], "webhook")]
@@ -278,16 +253,7 @@ def test_a_second_success_webhook_for_a_succeeded_charge_is_a_duplicate(
     duplicate_success, the job unchanged."""
     job = _charged(orch, "wh-dup")
     pi = _intent_made_elsewhere(simulator, job)
-    event = {
-        "id": f"evt_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "type": "payment_intent.succeeded",
-        "created": int(time.time()),
-        "data": {"object": pi},
-    }
-    stored = ingest(orch, "stripe", parse_event(json.dumps(event).encode()))
-    assert stored.row_id is not None
-    process_event(orch, stored.row_id)
+    _deliver_success_event(orch, pi)
     assert orch.job(job.id).provider_ref == job.provider_ref
     assert _drift_rows(orch) == [("duplicate_success", job.id, pi["id"], "webhook")]
 
@@ -336,25 +302,6 @@ def test_an_audit_stripe_could_not_answer_is_recorded_and_tried_again(
     assert clock.run_once()["ledger_audits"] == 0
 
 
-@contextlib.contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_metrics_the_ops_api_and_the_dashboard_show_drift(
     orch: Any, simulator: Any, cli: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -366,7 +313,7 @@ def test_metrics_the_ops_api_and_the_dashboard_show_drift(
     second = _intent_made_elsewhere(simulator, job)
     assert cli(["audit", "--since", "1h"]) == 1
     capsys.readouterr()
-    with _serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
+    with serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
         text = requests.get(url + "/metrics", timeout=5).text
         api = requests.get(url + "/ops/api/drift", headers=AUTH, timeout=5).json()
         session = requests.Session()

@@ -23,14 +23,12 @@ from orchestrator.maintenance.clock import Clock
 from orchestrator.ops.filters import JobFilter
 from orchestrator.ops.replay import ReplayAction
 from orchestrator.ops.service import Operations
-from tests.conftest import count_jobs, orchestrator_like, wait_until
+from tests.conftest import cli_main, count_jobs, orchestrator_like, truncate, wait_until
 
 
 @pytest.fixture(autouse=True)
-def _clean_ops_tables(orch: Any) -> Iterator[None]:
-    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE operator_actions, broker_dead_letters")
-    yield
+def _clean_ops_tables(orch: Any) -> None:
+    truncate(orch, "operator_actions", "broker_dead_letters")
 
 
 @pytest.fixture
@@ -278,23 +276,12 @@ def test_discard_requires_a_reason_and_is_audited(orch: Any) -> None:
 
 @pytest.fixture
 def cli_env(orch: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    s = orch.settings
-    env = {
-        "DATABASE_URL": s.database_url,
-        "REDIS_URL": s.redis_url,
-        "ORCHESTRATOR_REDIS_NAMESPACE": s.redis_namespace,
-        "STRIPE_API_KEY": s.stripe_api_key.get_secret_value(),
-        "STRIPE_API_BASE": s.stripe_api_base,
-        "ORCHESTRATOR_SEARCH_GRACE_S": "0.5",
-        "ORCHESTRATOR_OPERATOR": "olivia",
-        "ORCHESTRATOR_LOG_FORMAT": "json",
-        "ORCHESTRATOR_LOG_LEVEL": "warning",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    from orchestrator.cli import main
-
-    return main
+    return cli_main(
+        orch,
+        monkeypatch,
+        ORCHESTRATOR_SEARCH_GRACE_S="0.5",
+        ORCHESTRATOR_OPERATOR="olivia",
+    )
 
 
 def test_cli_dlq_list_show_and_discard(

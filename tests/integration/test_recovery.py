@@ -16,7 +16,16 @@ from orchestrator import JobState
 from orchestrator.api import Orchestrator
 from orchestrator.maintenance.clock import Clock
 from tests.conftest import count_jobs, orchestrator_like, settings_like, test_settings, wait_until
-from tests.processes import clock_args, settings_env, spawn, wait_for_log, worker_args
+from tests.processes import (
+    clock_args,
+    free_port,
+    redis_server_args,
+    settings_env,
+    spawn,
+    wait_for_log,
+    wait_for_redis,
+    worker_args,
+)
 
 
 @pytest.fixture
@@ -273,46 +282,22 @@ def test_retention_deletes_only_old_history_of_finished_jobs(orch: Any) -> None:
     assert left == [("evt_new",)]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int, workdir: Path) -> None:
     import subprocess
 
     subprocess.run(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+        redis_server_args(
+            port,
             "--daemonize",
             "yes",
             "--dir",
             str(workdir),
             "--logfile",
             str(workdir / f"redis-{port}.log"),
-        ],
+        ),
         check=True,
     )
-    client = redis.Redis(port=port)
-    wait_until(lambda: _pings(client), timeout_s=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+    wait_for_redis(port)
 
 
 def _stop_redis(port: int) -> None:
@@ -329,7 +314,7 @@ def test_redis_stopped_and_restarted_mid_run(orch: Any, simulator: Any, tmp_path
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     _start_redis(port, tmp_path)
     settings = test_settings(
         orch.settings.database_url,

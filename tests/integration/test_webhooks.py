@@ -29,7 +29,7 @@ from orchestrator.models import JobState, WebhookEvent
 from orchestrator.web import create_app
 from orchestrator.webhooks.listing import get_event, list_events
 from orchestrator.webhooks.process import process_event
-from tests.conftest import STRIPE_TEST_KEY, orchestrator_like, wait_until
+from tests.conftest import create_intent_elsewhere, orchestrator_like, wait_until
 
 SECRET_OLD = "whsec_suiteOldSecret0001"
 SECRET_NEW = "whsec_suiteNewSecret0002"
@@ -413,23 +413,8 @@ def _intent_made_elsewhere(
 ) -> dict[str, Any]:
     """A PaymentIntent for ``job`` made straight at the simulator (as if by an earlier attempt
     whose answer we never saw)."""
-    client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": simulator.url})
     try:
-        intent = client.v1.payment_intents.create(
-            {
-                "amount": job.amount,
-                "currency": job.currency,
-                "customer": job.customer,
-                "payment_method": pm,
-                "confirm": True,
-                "off_session": True,
-                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-                "metadata": {
-                    "orchestrator_job_id": job.id,
-                    "orchestrator_key_generation": str(generation),
-                },
-            }
-        )
+        intent = create_intent_elsewhere(simulator, job, generation=generation, pm=pm)
     except stripe.CardError as exc:  # a decline: the error carries the failed intent
         failed: dict[str, Any] = (exc.json_body or {})["error"]["payment_intent"]
         return failed

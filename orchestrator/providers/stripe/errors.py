@@ -11,10 +11,14 @@ import stripe
 import urllib3
 
 from orchestrator.models import AttemptOutcome
-from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
-
-MAX_ERROR_MESSAGE_CHARS = 500
-
+from orchestrator.providers.base import (
+    NO_RESPONSE,
+    SERVER_ERROR,
+    Outcome,
+    clip,
+    header,
+    retry_after_s,
+)
 
 # The network errors behind an APIConnectionError: urllib3's (Urllib3Client), and requests'
 # (the SDK's default client). urllib3's NewConnectionError is a ConnectTimeoutError too.
@@ -49,7 +53,7 @@ def classify_error(exc: stripe.StripeError) -> Outcome:
     if isinstance(exc, stripe.RateLimitError):
         return Outcome(
             AttemptOutcome.NOT_EXECUTED,
-            retry_after_s=_retry_after(exc.headers),
+            retry_after_s=retry_after_s(exc.headers),
             **{**fields, "error_code": code or "rate_limited"},
         )
     if isinstance(exc, stripe.IdempotencyError):
@@ -59,7 +63,7 @@ def classify_error(exc: stripe.StripeError) -> Outcome:
         # idempotency_key_in_use: the same key is executing elsewhere; its saved result
         # will answer a later retry with the same key.
         return Outcome(
-            AttemptOutcome.NOT_EXECUTED, retry_after_s=_retry_after(exc.headers), **fields
+            AttemptOutcome.NOT_EXECUTED, retry_after_s=retry_after_s(exc.headers), **fields
         )
     if status is not None and status >= 500:
         if should_retry == "true":
@@ -124,25 +128,3 @@ def _intent_id_of(exc: stripe.CardError) -> str | None:
 def _decline_code(exc: stripe.CardError) -> str | None:
     code = _error_body(exc).get("decline_code")
     return str(code) if code else None
-
-
-def header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    if not headers:
-        return None
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    value = header(headers, "Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def clip(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_MESSAGE_CHARS else message[:MAX_ERROR_MESSAGE_CHARS]
