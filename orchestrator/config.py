@@ -25,6 +25,9 @@ from orchestrator.errors import ConfigError
 # inside that window, or a late retry could execute a second time: the horizon is capped at 20 h.
 STRIPE_KEY_RETENTION_S = 24 * 3600
 MAX_RETRY_HORIZON_S = 20 * 3600
+# The ops token guards replays and discards of money jobs over HTTP: at least 32 characters
+# (e.g. `python -c "import secrets; print(secrets.token_urlsafe(32))"`).
+MIN_OPS_TOKEN_CHARS = 32
 
 
 def parse_rate_limits(text: str) -> dict[str, float]:
@@ -248,6 +251,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s):// URL")
         return value.rstrip("/")
+
+    @field_validator("ops_token")
+    @classmethod
+    def _long_ops_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_OPS_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_OPS_TOKEN_CHARS} characters")
+        return value
 
     @field_validator("email_from")
     @classmethod

@@ -138,8 +138,11 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The stripe SDK logs request lines at INFO; keep it to warnings.
-    logging.getLogger("stripe").setLevel(logging.WARNING)
+    # The stripe SDK logs request lines at INFO; keep it to warnings. SendGrid's HTTP client
+    # logs whole payloads and headers (addresses, bodies, the API key) at DEBUG: never below
+    # warnings, whatever ORCHESTRATOR_LOG_LEVEL says.
+    for name in ("stripe", "python_http_client"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -304,7 +304,7 @@ class DevStack:
         simulator_url = self._start_simulator()
         env = stack_environment(self.base_env, database_url, redis_url, simulator_url)
         token_from_env = bool(env.get("ORCHESTRATOR_OPS_TOKEN"))
-        env.setdefault("ORCHESTRATOR_OPS_TOKEN", secrets.token_urlsafe(18))
+        env.setdefault("ORCHESTRATOR_OPS_TOKEN", secrets.token_urlsafe(32))
         web_port = free_port(int(self.base_env.get("PORT", WEB_PORT)))
         self._start_procfile(env, web_port)
         web_url = f"http://127.0.0.1:{web_port}"

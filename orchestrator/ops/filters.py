@@ -109,8 +109,8 @@ def decode_cursor(cursor: str | None) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        datetime.fromisoformat(created_at)
-        return str(created_at), job_uuid(job_id)
+        # Normalized: Python reads forms PostgreSQL does not (ISO weeks such as 2024-W01-1).
+        return datetime.fromisoformat(created_at).isoformat(), job_uuid(job_id)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise ValidationError("cursor is malformed") from None
 

@@ -39,6 +39,8 @@ from orchestrator.ops.dashboard import render_dashboard
 from orchestrator.ops.filters import JobFilter, actor_name
 from orchestrator.ops.openapi import OPENAPI
 from orchestrator.ops.service import Operations
+from orchestrator.webhooks.events import WebhookRejected
+from orchestrator.webhooks.ingest import read_body
 
 log = get_logger(__name__)
 
@@ -95,7 +97,11 @@ class OpsAuth:
         if self._token is None or not cookie:
             return False
         issued, _, sig = cookie.partition(".")
-        if not issued.isdigit() or not hmac.compare_digest(sig, self._sign("ops-session", issued)):
+        if (
+            not issued.isascii()
+            or not issued.isdigit()
+            or not _same(sig, self._sign("ops-session", issued))
+        ):
             return False
         age_s = self._now() - int(issued)
         return -SESSION_SKEW_S <= age_s <= SESSION_TTL_S
@@ -104,7 +110,13 @@ class OpsAuth:
         return self._sign("ops-csrf", cookie)[:32]
 
     def csrf_ok(self, cookie: str, candidate: str) -> bool:
-        return bool(candidate) and hmac.compare_digest(candidate, self.csrf_for(cookie))
+        return bool(candidate) and _same(candidate, self.csrf_for(cookie))
+
+
+def _same(candidate: str, expected: str) -> bool:
+    """Constant-time comparison of text from a client, which may hold any character
+    (hmac.compare_digest refuses non-ASCII str: compare the UTF-8 bytes)."""
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), expected.encode())
 
 
 class _Surface:
@@ -199,6 +211,8 @@ class _Api(_Surface):
             try:
                 body = await _json_body(request) if request.method == "POST" else {}
                 result = await run_in_threadpool(functools.partial(handler, request, body))
+            except WebhookRejected as exc:  # a body over the cap: 413, read no further
+                return _error(exc.status, exc.reason)
             except ValidationError as exc:
                 return _error(400, str(exc))
             except JobNotFound as exc:
@@ -309,9 +323,8 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationError("request body too large")
+    """The JSON object of a request body, read as a stream and refused (413) past the cap."""
+    raw = await read_body(request, MAX_BODY_BYTES)
     if not raw.strip():
         return {}
     try:
@@ -398,7 +411,10 @@ class _Dashboard(_Surface):
         )
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except WebhookRejected as exc:
+            return HTMLResponse(_login_page("request too large"), status_code=exc.status)
         if not self.auth.token_ok(form.get("token", "")):
             log.warning("ops.login_failed")
             return HTMLResponse(_login_page("wrong token"), status_code=401)
@@ -423,7 +439,10 @@ class _Dashboard(_Surface):
         session = self._session(request)
         if session is None:
             return HTMLResponse(_login_page(None), status_code=401)
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except WebhookRejected as exc:
+            return HTMLResponse("<p>Request too large.</p>", status_code=exc.status)
         if not self.auth.csrf_ok(session, form.get("csrf", "")):
             return HTMLResponse("<p>Stale or forged form: reload the page.</p>", status_code=403)
         return session, form
@@ -464,9 +483,9 @@ def _back(notice: str) -> Response:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        return {}
+    """A form body, read as a stream: past the cap (unauthenticated, for /ops/login) it is
+    refused with WebhookRejected(413) before it is held whole."""
+    raw = await read_body(request, MAX_BODY_BYTES)
     parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[0] for k, v in parsed.items() if v}
 

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import JobState, ValidationError
+from orchestrator import InvalidOperation, JobState, ValidationError
 from tests.conftest import count_jobs
 
 # Text with the characters that break naive code: NUL, controls, surrogate-free unicode.
@@ -27,7 +27,8 @@ anything = st.one_of(
 maybe_text = st.one_of(st.none(), texts, anything)
 card_like = st.sampled_from(["4242424242424242", "4000 0566 5566 5556", "pm_card_visa"])
 PROPERTY = settings(
-    max_examples=120,
+    max_examples=150,
+    derandomize=True,  # the same examples in every run: CI is repeatable; raise to explore
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -38,11 +39,11 @@ def _unique(key: object) -> object:
     return f"{key}-{uuid.uuid4().hex}" if isinstance(key, str) else key
 
 
-def _one_job_or_validation_error(orch: Any, call: Any) -> None:
+def _one_job_or_validation_error(orch: Any, call: Any, *refusals: type[Exception]) -> None:
     before = count_jobs(orch)
     try:
         job = call()
-    except ValidationError:
+    except (ValidationError, *refusals):
         assert count_jobs(orch) == before
         return
     assert count_jobs(orch) == before + 1
@@ -120,7 +121,9 @@ def test_send_email_either_refuses_or_creates_one_job(
 def test_refund_either_refuses_or_creates_one_job(
     orch: Any, amount: Any, metadata: Any, key: Any
 ) -> None:
-    """refund() of a succeeded charge: the same property (over-refunds are ValidationErrors)."""
+    """refund() of a succeeded charge: the same property, where asking for more than remains
+    refundable is the documented InvalidOperation (a conflict with the charge's state, which
+    concurrent refunds change), with nothing written either."""
     charge = orch.charge(10_000, "usd", "cus_prop", "pm_card_visa", f"prop-{uuid.uuid4().hex}")
     orch.executor().run(charge.id)
     _one_job_or_validation_error(
@@ -128,4 +131,5 @@ def test_refund_either_refuses_or_creates_one_job(
         lambda: orch.refund(
             charge.id, amount=amount, idempotency_key=_unique(key), metadata=metadata
         ),
+        InvalidOperation,
     )

@@ -3,12 +3,9 @@ uvicorn on an ephemeral port over real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,30 +16,10 @@ import requests
 
 from orchestrator.models import JobState
 from orchestrator.ops.openapi import OPENAPI
-from tests.conftest import orchestrator_like
+from tests.conftest import orchestrator_like, serve, truncate
 
 TOKEN = "ops-test-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextlib.contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    """Serve an ASGI app under uvicorn on 127.0.0.1:0; yields its base URL."""
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +27,13 @@ def server(orch: Any, simulator: Any) -> Iterator[str]:
     """create_app() with ORCHESTRATOR_OPS_TOKEN set, live on an ephemeral port."""
     from orchestrator.web import create_app
 
-    with _serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
+    with serve(create_app(orchestrator_like(orch, simulator.url, ops_token=TOKEN))) as url:
         yield url
 
 
 @pytest.fixture(autouse=True)
-def _clean_ops_tables(orch: Any) -> Iterator[None]:
-    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE operator_actions, broker_dead_letters")
-    yield
+def _clean_ops_tables(orch: Any) -> None:
+    truncate(orch, "operator_actions", "broker_dead_letters")
 
 
 def _dead_job(orch: Any, key: str) -> str:
@@ -111,7 +86,7 @@ def test_no_configured_token_refuses_everything(orch: Any, simulator: Any) -> No
     """With ORCHESTRATOR_OPS_TOKEN unset, even an empty bearer gets 401 (never 'no auth')."""
     from orchestrator.web import create_app
 
-    with _serve(create_app(orch)) as url:
+    with serve(create_app(orch)) as url:
         for method, path in _operations():
             headers = {"Authorization": "Bearer "}
             resp = requests.request(method, url + _concrete(path), headers=headers, timeout=5)
@@ -295,3 +270,72 @@ def test_dashboard_login_and_replay_in_a_real_browser(server: str, orch: Any) ->
             "SELECT actor FROM operator_actions WHERE target = %s", (job_id,)
         ).fetchone()
     assert actor == ("http:dashboard",)
+
+
+# -- hardening -----------------------------------------------------------------------------
+
+
+def _endless(chunk: bytes, count: int) -> Iterator[bytes]:
+    for _ in range(count):
+        yield chunk
+
+
+def test_an_oversized_login_is_refused_while_streaming(server: str) -> None:
+    """/ops/login (no authentication needed) reads its body as a stream and answers 413 past
+    64 KiB, without holding the whole body: a chunked 8 MiB POST never gets read whole."""
+    answer = requests.post(
+        f"{server}/ops/login",
+        data=_endless(b"token=" + b"x" * 65536, 128),  # chunked: no Content-Length to trust
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert answer.status_code == 413
+    declared = requests.post(
+        f"{server}/ops/login",
+        data=b"x" * (65 * 1024),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert declared.status_code == 413
+
+
+def test_an_oversized_json_body_is_413(server: str) -> None:
+    """The JSON API caps its bodies the same way (after the bearer check)."""
+    answer = requests.post(
+        f"{server}/ops/api/dlq/replay",
+        data=_endless(b" " * 65536, 4),
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 413
+
+
+def test_non_ascii_cookies_and_csrf_values_are_refused_not_500(server: str) -> None:
+    """A session cookie or CSRF value with non-ASCII characters is a failed check (401/403),
+    never a server error."""
+    cookie = {"orchestrator_ops_session": "1700000000.\u00e9t\u00e9"}
+    page = requests.get(f"{server}/ops/", cookies=cookie, timeout=10)
+    assert page.status_code == 401
+    session = requests.Session()
+    login = session.post(f"{server}/ops/login", data={"token": TOKEN}, timeout=10)
+    assert login.status_code == 200
+    forged = session.post(
+        f"{server}/ops/dlq/{uuid.uuid4()}/discard",
+        data={"csrf": "\u00e9" * 32, "reason": "x"},
+        timeout=10,
+    )
+    assert forged.status_code == 403
+
+
+def test_an_iso_week_cursor_is_normalized_not_a_500(server: str) -> None:
+    """A cursor holding a date PostgreSQL cannot read (an ISO week, 2024-W01-1) is read as
+    the same instant, not passed through to the database."""
+    import base64
+    import json
+
+    raw = json.dumps(["2024-W01-1", str(uuid.uuid4())]).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    answer = requests.get(
+        f"{server}/ops/api/jobs", params={"cursor": cursor}, headers=AUTH, timeout=10
+    )
+    assert answer.status_code == 200

@@ -87,3 +87,17 @@ def test_cli_bad_charge_exits_2_and_names_the_field(
     )
     assert code == 2
     assert "currency" in capsys.readouterr().err
+
+
+def test_a_short_ops_token_stops_start_up_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ops token under 32 characters is a configuration error (exit 2, one line naming the
+    setting, never the value)."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("ORCHESTRATOR_OPS_TOKEN", "hunter2hunter2")
+    assert main(["jobs", "list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "ORCHESTRATOR_OPS_TOKEN" in err and "32" in err and "hunter2" not in err

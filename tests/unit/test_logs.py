@@ -75,3 +75,17 @@ def test_context_is_cleared_per_message() -> None:
     bind_job("job-1", attempt=3)
     bind_job("job-2")
     assert structlog.contextvars.get_contextvars() == {"job_id": "job-2"}
+
+
+def test_sendgrid_client_payload_logging_is_silenced_even_at_debug() -> None:
+    """At ORCHESTRATOR_LOG_LEVEL=debug, SendGrid's HTTP client would log whole payloads and
+    headers: its logger stays at warnings."""
+    import logging
+
+    from orchestrator.logs import configure_logging
+
+    configure_logging("json", "debug")
+    try:
+        assert not logging.getLogger("python_http_client.client").isEnabledFor(logging.DEBUG)
+    finally:
+        configure_logging("json", "info")
