@@ -27,14 +27,8 @@ import python_http_client.exceptions as sg_errors
 import sendgrid
 
 from orchestrator.models import AttemptOutcome, Job
-from orchestrator.providers.base import (
-    NO_RESPONSE,
-    SERVER_ERROR,
-    Outcome,
-    clip,
-    header,
-    retry_after_s,
-)
+from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
+from orchestrator.providers.http import clip, header, retry_after_s
 from orchestrator.validation import JOB_ID_METADATA_KEY
 
 # 503 means SendGrid did not take the request in (v3 API unavailable): provably not delivered.

@@ -11,14 +11,8 @@ import stripe
 import urllib3
 
 from orchestrator.models import AttemptOutcome
-from orchestrator.providers.base import (
-    NO_RESPONSE,
-    SERVER_ERROR,
-    Outcome,
-    clip,
-    header,
-    retry_after_s,
-)
+from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
+from orchestrator.providers.http import clip, header, retry_after_s
 
 # The network errors behind an APIConnectionError: urllib3's (Urllib3Client), and requests'
 # (the SDK's default client). urllib3's NewConnectionError is a ConnectTimeoutError too.

@@ -15,7 +15,8 @@ from stripe import RequestOptions
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.models import AttemptOutcome, Job, JobKind
 from orchestrator.ops.ledger import ProviderObject
-from orchestrator.providers.base import NO_RESPONSE, Outcome, clip
+from orchestrator.providers.base import NO_RESPONSE, Outcome
+from orchestrator.providers.http import clip
 from orchestrator.providers.stripe import audit
 from orchestrator.providers.stripe.errors import classify_error
 from orchestrator.providers.stripe.objects import (
