@@ -42,7 +42,8 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
-    CREATE TYPE job_kind AS ENUM ('charge', 'refund', 'email');
+    -- capture: capture an authorized (capture=False) charge; void: cancel one at the provider.
+    CREATE TYPE job_kind AS ENUM ('charge', 'refund', 'email', 'capture', 'void');
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
@@ -199,6 +200,29 @@ CREATE TABLE IF NOT EXISTS job_transitions (
 );
 CREATE INDEX IF NOT EXISTS job_transitions_job_idx ON job_transitions (job_id, id);
 
+-- Every settle (a move into succeeded, failed, dead or cancelled), written by the transition
+-- trigger in the settling transaction: an outbox. The clock drains it (orchestrator.maintenance
+-- .settlements) in batches: it sends each row to the settlement hooks
+-- (ORCHESTRATOR_SETTLE_HOOKS), adds the batch to job_settled_totals and deletes it, in one
+-- transaction committed after the sends (so a hook hears of every settle at least once).
+CREATE TABLE IF NOT EXISTS job_settlements (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      uuid NOT NULL,
+    kind        job_kind NOT NULL,
+    provider    provider_name NOT NULL,
+    state       job_state NOT NULL,
+    settled_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Settles counted since the database was made (/metrics: orchestrator_jobs_settled_total is
+-- this plus the outbox not drained yet): a scrape reads a few rows, whatever the history.
+CREATE TABLE IF NOT EXISTS job_settled_totals (
+    kind      job_kind NOT NULL,
+    provider  provider_name NOT NULL,
+    state     job_state NOT NULL,
+    n         bigint NOT NULL CHECK (n >= 0),
+    PRIMARY KEY (kind, provider, state)
+);
+
 -- The state machine (the README draws it). Anything else is a bug and is refused.
 CREATE OR REPLACE FUNCTION job_transition_allowed(from_state job_state, to_state job_state)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
@@ -231,6 +255,13 @@ BEGIN
         NEW.updated_at := now();
         INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason)
         VALUES (NEW.id, OLD.state, NEW.state, NEW.changed_by, NEW.change_reason);
+        IF NEW.state IN ('succeeded', 'failed', 'dead', 'cancelled') THEN
+            -- A settle: into the outbox (settlement hooks, settled totals) and announced at
+            -- commit to whoever waits (Orchestrator.wait).
+            INSERT INTO job_settlements (job_id, kind, provider, state)
+            VALUES (NEW.id, NEW.kind, NEW.provider, NEW.state);
+            PERFORM pg_notify('orchestrator_settled', NEW.id::text);
+        END IF;
     ELSE
         INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason)
         VALUES (NEW.id, NULL, NEW.state, NEW.changed_by, NEW.change_reason);

@@ -10,11 +10,11 @@ from typing import Any
 import dramatiq
 
 from orchestrator import validation as v
+from orchestrator.app import requests as rq
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.config import Settings, load_settings
 from orchestrator.db import Conn, OpsStore, Store, make_pool
 from orchestrator.errors import (
-    ConfigError,
     IdempotencyConflict,
     InvalidOperation,
     JobNotFound,
@@ -22,12 +22,10 @@ from orchestrator.errors import (
 )
 from orchestrator.executor import Executor
 from orchestrator.logs import get_logger
-from orchestrator.models import Attempt, Job, JobKind, JobState, Transition
+from orchestrator.models import Attempt, Job, Transition
 from orchestrator.providers.base import Provider
 
 log = get_logger(__name__)
-
-MAX_DESCRIPTION_CHARS = 1000
 
 
 class Orchestrator:
@@ -107,48 +105,24 @@ class Orchestrator:
         Raises ``ValidationError`` (a ``ValueError``) on bad input and ``IdempotencyConflict``
         when the key was used for another request; neither writes anything.
         """
-        request = {
-            "kind": "charge",
-            "amount": v.amount(amount),
-            "currency": v.currency(currency),
-            "customer": v.token("customer", customer, required=False),
-            "payment_method": v.token("payment_method", payment_method, required=True),
-            "metadata": v.metadata(metadata),
-            "description": v.text(
-                "description", description, max_length=MAX_DESCRIPTION_CHARS, required=False
-            ),
-        }
-        options = v.charge_options(
+        row = rq.charge_row(
             amount,
-            {
-                "return_url": return_url,
-                "stripe_account": stripe_account,
-                "capture_method": capture_method,
-                "statement_descriptor_suffix": statement_descriptor_suffix,
-                "receipt_email": receipt_email,
-                "payment_method_types": payment_method_types,
-                "transfer_data": transfer_data,
-                "application_fee_amount": application_fee_amount,
-                "on_behalf_of": on_behalf_of,
-            },
+            currency,
+            customer,
+            payment_method,
+            idempotency_key,
+            metadata,
+            description=description,
+            return_url=return_url,
+            stripe_account=stripe_account,
+            capture_method=capture_method,
+            statement_descriptor_suffix=statement_descriptor_suffix,
+            receipt_email=receipt_email,
+            payment_method_types=payment_method_types,
+            transfer_data=transfer_data,
+            application_fee_amount=application_fee_amount,
+            on_behalf_of=on_behalf_of,
         )
-        request.update(options)  # only the options given: old requests keep their fingerprint
-        key = v.idempotency_key(idempotency_key)
-        params: dict[str, Any] = {"metadata": request["metadata"], **options}
-        if request["description"]:
-            params["description"] = request["description"]
-        row = {
-            "kind": JobKind.CHARGE.value,
-            "provider": "stripe",
-            "idempotency_key": key,
-            "fingerprint": v.fingerprint(request),
-            "amount": request["amount"],
-            "currency": request["currency"],
-            "customer": request["customer"],
-            "payment_method": request["payment_method"],
-            "parent_job_id": None,
-            "params": params,
-        }
         return self._enqueue(row, conn)
 
     def send_email(
@@ -171,21 +145,17 @@ class Orchestrator:
         ``at_least_once=True`` it is retried instead, and may then be delivered twice.
         ``from_email`` defaults to ``ORCHESTRATOR_EMAIL_FROM``. ``conn`` as in :meth:`charge`.
         """
-        key = v.idempotency_key(idempotency_key)
-        request = _email_request(to, subject, body, template, template_data, at_least_once)
-        request["from_email"] = None if from_email is None else v.email("from_email", from_email)
-        sender = request["from_email"] or self.settings.email_from
-        if sender is None:
-            raise ConfigError("ORCHESTRATOR_EMAIL_FROM is not set and no from_email was given")
-        params = {k: val for k, val in request.items() if k != "from_email" and val is not None}
-        row = {
-            **_NO_MONEY,
-            "kind": JobKind.EMAIL.value,
-            "provider": "sendgrid",
-            "idempotency_key": key,
-            "fingerprint": v.fingerprint({"kind": "email", **request}),
-            "params": {**params, "from": sender},
-        }
+        row = rq.email_row(
+            self.settings,
+            to,
+            subject,
+            body,
+            template,
+            idempotency_key=idempotency_key,
+            from_email=from_email,
+            template_data=template_data,
+            at_least_once=at_least_once,
+        )
         return self._enqueue(row, conn)
 
     def refund(
@@ -204,13 +174,7 @@ class Orchestrator:
         returns the same job without reserving again. Raises ``InvalidOperation`` when the
         charge is not ``succeeded`` or not enough remains, ``JobNotFound`` for no such charge.
         """
-        charge_id = _job_id(charge_job_id)
-        request = {
-            "kind": "refund",
-            "charge_job_id": charge_id,
-            "amount": None if amount is None else v.amount(amount),
-            "metadata": v.metadata(metadata),
-        }
+        request = rq.refund_request(charge_job_id, amount, metadata)
         key = v.idempotency_key(idempotency_key)
         with self.store.connection() as conn:
             job, created = self._reserve_and_insert_refund(conn, key, request)
@@ -236,36 +200,15 @@ class Orchestrator:
             if existing.fingerprint != fingerprint:
                 raise IdempotencyConflict(key, existing.id)
             return existing, False
-        amount = _refundable(charge, request["amount"])
-        row = {
-            "kind": JobKind.REFUND.value,
-            "provider": charge.provider,
-            "idempotency_key": key,
-            "fingerprint": fingerprint,
-            "amount": amount,
-            "currency": charge.currency,
-            "customer": charge.customer,
-            "payment_method": None,
-            "parent_job_id": charge.id,
-            "params": {
-                "payment_intent": charge.provider_ref,
-                "metadata": request["metadata"],
-                # A Connect charge's refund is made on the same account.
-                **_connect_account(charge),
-            },
-        }
+        row = rq.refund_row(charge, key, request)
+        amount = row["amount"]
         job, created = self._insert_or_get(conn, self._with_defaults(row))
         if created and self.store.reserve_refund(conn, charge.id, amount) is None:
             raise InvalidOperation(f"charge {charge.id} cannot take a refund of {amount} now")
         return job, created
 
     def _with_defaults(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **row,
-            "max_attempts": self.settings.max_attempts,
-            "horizon_s": self.settings.retry_horizon_s,
-            "changed_by": "api",
-        }
+        return rq.with_defaults(self.settings, row)
 
     def _enqueue(self, row: dict[str, Any], conn: Conn | None) -> Job:
         row = self._with_defaults(row)
@@ -302,16 +245,16 @@ class Orchestrator:
 
     def job(self, job_id: str) -> Job:
         """The job with that id; ``JobNotFound`` otherwise (``ValidationError`` if malformed)."""
-        job = self.store.job(_job_id(job_id))
+        job = self.store.job(rq.job_id(job_id))
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return job
 
     def attempts(self, job_id: str) -> list[Attempt]:
-        return self.store.attempts(_job_id(job_id))
+        return self.store.attempts(rq.job_id(job_id))
 
     def transitions(self, job_id: str) -> list[Transition]:
-        return self.store.transitions(_job_id(job_id))
+        return self.store.transitions(rq.job_id(job_id))
 
     # -- running (workers) -----------------------------------------------------------------
 
@@ -343,81 +286,3 @@ class Orchestrator:
                 timeout_s=self.settings.provider_read_timeout_s,
             )
         return providers
-
-
-# Email jobs carry no money fields.
-_NO_MONEY: dict[str, Any] = {
-    "amount": None,
-    "currency": None,
-    "customer": None,
-    "payment_method": None,
-    "parent_job_id": None,
-}
-
-
-def _email_request(
-    to: object,
-    subject: object,
-    body: object,
-    template: object,
-    template_data: object,
-    at_least_once: object,
-) -> dict[str, Any]:
-    """The validated email request: exactly one of body and template; subject required with a
-    body (a template may define its own)."""
-    if (body is None) == (template is None):
-        raise ValidationError("give exactly one of body and template")
-    if template is None and template_data is not None:
-        raise ValidationError("template_data needs a template")
-    if not isinstance(at_least_once, bool):
-        raise ValidationError("at_least_once must be True or False")
-    clean_subject = v.text(
-        "subject", subject, max_length=v.MAX_SUBJECT_CHARS, required=template is None
-    )
-    if clean_subject is not None and ("\r" in clean_subject or "\n" in clean_subject):
-        raise ValidationError("subject must be one line")
-    return {
-        "to": v.recipients(to),
-        "subject": clean_subject,
-        "body": v.text("body", body, max_length=v.MAX_BODY_CHARS, required=False),
-        "template": None if template is None else v.template_id(template),
-        "template_data": v.template_data(template_data),
-        "at_least_once": at_least_once,
-    }
-
-
-def _refundable(charge: Job, requested: int | None) -> int:
-    """The amount to reserve for a refund of ``charge``, or InvalidOperation saying why not."""
-    if charge.kind is not JobKind.CHARGE:
-        raise InvalidOperation(f"job {charge.id} is a {charge.kind}, not a charge")
-    if charge.state is not JobState.SUCCEEDED:
-        raise InvalidOperation(
-            f"charge {charge.id} is {charge.state}: only a succeeded charge can be refunded"
-        )
-    total = charge.amount or 0
-    remaining = total - charge.refunded_amount
-    if remaining <= 0:
-        raise InvalidOperation(
-            f"charge {charge.id} is already fully refunded "
-            f"({charge.refunded_amount} of {total} refunded or in flight)"
-        )
-    if requested is not None and requested > remaining:
-        raise InvalidOperation(
-            f"refund of {requested} exceeds what remains refundable on charge {charge.id} "
-            f"({remaining} of {total})"
-        )
-    return remaining if requested is None else requested
-
-
-def _connect_account(charge: Job) -> dict[str, Any]:
-    account = charge.params.get("stripe_account")
-    return {"stripe_account": account} if account else {}
-
-
-def _job_id(value: str) -> str:
-    import uuid
-
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise ValidationError("job id must be a UUID") from None

@@ -34,6 +34,8 @@ class JobKind(enum.StrEnum):
     CHARGE = "charge"
     REFUND = "refund"
     EMAIL = "email"
+    CAPTURE = "capture"  # capture an authorized charge (charge(..., capture=False))
+    VOID = "void"  # cancel an authorized, uncaptured charge at the provider
 
 
 class DeadReason(enum.StrEnum):

@@ -154,7 +154,14 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         orchestrator = request.getfixturevalue("orch")
         sim = request.getfixturevalue("simulator")
         orchestrator.dispatcher.flush()  # no message of an earlier test lands in this one
-        truncate(orchestrator, "job_transitions", "job_attempts", "jobs CASCADE")
+        truncate(
+            orchestrator,
+            "job_transitions",
+            "job_attempts",
+            "job_settlements",
+            "job_settled_totals",
+            "jobs CASCADE",
+        )
         _flush_namespace(orchestrator.settings.redis_namespace)
         sim.reset()
     yield
