@@ -53,7 +53,12 @@ def register(commands: Commands) -> None:
 
     command(commands, "clock", cmd_clock, "run the periodic scheduler (one active instance)")
 
-    p = command(commands, "web", cmd_web, "serve webhooks, /healthz, /readyz, /metrics and /ops/")
+    p = command(
+        commands,
+        "web",
+        cmd_web,
+        "serve webhooks, /healthz, /readyz, /metrics (or on ORCHESTRATOR_METRICS_BIND) and /ops/",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int)
 
@@ -124,9 +129,31 @@ def cmd_clock(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from orchestrator.ops.metrics import serve_metrics
     from orchestrator.web import create_app
 
-    load_settings()
+    settings = load_settings()
     port = args.port or int(os.environ.get("PORT", "8000"))
-    uvicorn.run(create_app(), host=args.host, port=port, log_config=None, access_log=False)
+    app = create_app()
+    metrics_server = None
+    if settings.metrics_bind_address is not None:
+        # /metrics only on its own listener (the app's own /metrics answers 404), same registry
+        # and, when set, the same ORCHESTRATOR_METRICS_TOKEN.
+        host, metrics_port = settings.metrics_bind_address
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        metrics_server = serve_metrics(app.state.metrics_registry, host, metrics_port, token)
+    try:
+        # Forwarded headers are believed only from ORCHESTRATOR_TRUSTED_PROXIES, by the ops
+        # routes themselves: uvicorn's own rule (trust loopback) is switched off.
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
     return EXIT_OK

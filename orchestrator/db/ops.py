@@ -112,6 +112,22 @@ class OpsStore(Queries):
     def demo_jobs(self, ids: list[str]) -> list[Row]:
         return self._all("demo_jobs", {"ids": ids})
 
+    # -- /metrics: reads whose cost follows what is live, not the history -----------------
+
+    def live_jobs_by_state(self, states: list[str]) -> dict[str, int]:
+        """Jobs in each of ``states`` (live ones: an index range each), absent when none."""
+        rows = self._all("metrics_live_jobs", {"states": states})
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def dlq_size(self) -> int:
+        """Jobs in ``dead``, over the DLQ's partial index."""
+        return self._count("metrics_dlq_size")
+
+    def settled_totals(self) -> list[Row]:
+        """Settles ever, one row per (kind, provider, state) with its count ``n``: the drained
+        ``job_settled_totals`` plus the ``job_settlements`` outbox, read in one snapshot."""
+        return self._all("metrics_settled_totals")
+
 
 def _job(row: Row | None) -> Job | None:
     return Job.from_row(row) if row else None

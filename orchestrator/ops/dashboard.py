@@ -69,6 +69,33 @@ def render_dashboard(
     return "\n".join(parts)
 
 
+def render_replay_confirmation(job: Job, csrf: str) -> str:
+    """The second step of replaying a dead ``ambiguous`` job: what the risk is, and a form
+    that POSTs the replay again with ``accept_duplicate_risk=yes`` (and the CSRF token)."""
+    jid = escape(job.id)
+    to = job.params.get("to") if isinstance(job.params, dict) else None
+    if isinstance(to, list):
+        to = ", ".join(str(x) for x in to)
+    target = f" to {escape(str(to))}" if to else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>orchestrator ops: confirm replay</title><style>{_STYLE}</style></head><body>"
+        "<h1>Confirm replay</h1>"
+        f'<p class="notice" id="duplicate-risk">Job <code>{jid}</code> '
+        f"({escape(str(job.kind))}{target} via {escape(job.provider)}) ended "
+        "<strong>ambiguous</strong>: its last call may have been delivered, and "
+        f"{escape(job.provider)} keeps no idempotency keys. Replaying it may deliver it "
+        "<strong>a second time</strong>. The replay is audited as accepting that risk.</p>"
+        f'<form method="post" action="/ops/dlq/{jid}/replay">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<input type="hidden" name="accept_duplicate_risk" value="yes">'
+        '<label>Reason <input name="reason" maxlength="500"></label> '
+        f'<button type="submit" id="confirm-replay-{jid}">Replay anyway</button></form>'
+        '<p><a href="/ops/" id="cancel-replay">Cancel: leave it dead</a></p>'
+        "</body></html>"
+    )
+
+
 def _counts(counts: dict[str, int]) -> str:
     cells = "".join(
         f'<tr><th>{escape(state)}</th><td id="count-{escape(state)}">{n}</td></tr>'

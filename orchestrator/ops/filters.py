@@ -9,7 +9,7 @@ import enum
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from orchestrator.errors import ValidationError
@@ -109,9 +109,10 @@ def decode_cursor(cursor: str | None) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        # Normalized: Python reads forms PostgreSQL does not (ISO weeks such as 2024-W01-1).
-        return datetime.fromisoformat(created_at).isoformat(), job_uuid(job_id)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        # Normalized: Python reads forms PostgreSQL does not (ISO weeks such as 2024-W01-1,
+        # offsets past PostgreSQL's +-15:59).
+        return _utc(datetime.fromisoformat(created_at)).isoformat(), job_uuid(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error, json.JSONDecodeError):
         raise ValidationError("cursor is malformed") from None
 
 
@@ -177,4 +178,13 @@ def _when(name: str, value: str | datetime | None) -> datetime | None:
             raise ValidationError(f"{name} must be an ISO 8601 date or time") from None
     if parsed.tzinfo is None:
         raise ValidationError(f"{name} must carry a time zone (e.g. 2024-05-01T00:00:00Z)")
-    return parsed
+    try:
+        return _utc(parsed)
+    except OverflowError:
+        raise ValidationError(f"{name} is out of range") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC: PostgreSQL refuses UTC offsets past +-15:59, which Python accepts
+    (up to +-23:59); a naive moment is taken as UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -16,7 +16,7 @@ import requests
 
 from orchestrator.models import JobState
 from orchestrator.ops.openapi import OPENAPI
-from tests.conftest import orchestrator_like, serve, truncate
+from tests.conftest import orchestrator_like, seed_dead_job, serve, truncate
 
 TOKEN = "ops-test-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,25 +34,6 @@ def server(orch: Any, simulator: Any) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _clean_ops_tables(orch: Any) -> None:
     truncate(orch, "operator_actions", "broker_dead_letters")
-
-
-def _dead_job(orch: Any, key: str) -> str:
-    """One dead charge whose key never reached the provider (a replay keeps it)."""
-    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
-        row = conn.execute(
-            """
-            INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, amount,
-                              currency, payment_method, max_attempts, deadline_at, dead_reason,
-                              last_error_code, changed_by, change_reason)
-            VALUES ('charge', 'stripe', 'dead', %s, repeat('b', 64), 500, 'usd', 'pm_card_visa',
-                    3, now() + interval '1 hour', 'attempts_exhausted', 'rate_limited', 'test',
-                    'seeded dead')
-            RETURNING id
-            """,
-            (key,),
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def _concrete(path: str) -> str:
@@ -114,8 +95,8 @@ def test_openapi_document_matches_the_routes(server: str) -> None:
 def test_api_lists_shows_replays_and_discards(server: str, orch: Any) -> None:
     """The JSON API: counts, dlq list, show, replay (audited with X-Ops-Actor), discard with a
     required reason, 404 for an unknown job, 400 for a malformed id or filter."""
-    first = _dead_job(orch, "api-1")
-    second = _dead_job(orch, "api-2")
+    first = seed_dead_job(orch, "api-1")
+    second = seed_dead_job(orch, "api-2")
 
     def get(path: str, **kw: Any) -> requests.Response:
         return requests.get(server + path, headers=AUTH, timeout=5, **kw)
@@ -151,7 +132,7 @@ def test_api_lists_shows_replays_and_discards(server: str, orch: Any) -> None:
 def test_metrics_expose_the_operator_series(server: str, orch: Any, simulator: Any) -> None:
     """/metrics carries jobs by state, DLQ size, queue depth, broker dead letters, reconcile
     actions, and attempts and latency by provider once a charge has run."""
-    _dead_job(orch, "m-1")
+    seed_dead_job(orch, "m-1")
     job = orch.charge(700, "usd", None, "pm_card_visa", "m-charge")
     assert orch.executor().run(job.id) is JobState.SUCCEEDED
     text = requests.get(server + "/metrics", timeout=5).text
@@ -186,7 +167,7 @@ def test_schemathesis_finds_no_server_error(server: str, orch: Any) -> None:
     import schemathesis
     from hypothesis import HealthCheck
 
-    _dead_job(orch, "fuzz-1")
+    seed_dead_job(orch, "fuzz-1")
     schema = schemathesis.openapi.from_dict(OPENAPI)
     schema.config.update(base_url=server, headers=AUTH)
     exercised = []
@@ -225,7 +206,7 @@ def test_dashboard_login_and_replay_in_a_real_browser(server: str, orch: Any) ->
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
-    job_id = _dead_job(orch, "browser-1")
+    job_id = seed_dead_job(orch, "browser-1")
     profile = tempfile.mkdtemp(prefix="ops-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
@@ -339,3 +320,101 @@ def test_an_iso_week_cursor_is_normalized_not_a_500(server: str) -> None:
         f"{server}/ops/api/jobs", params={"cursor": cursor}, headers=AUTH, timeout=10
     )
     assert answer.status_code == 200
+
+
+@pytest.mark.parametrize("where", ["since", "until", "cursor"])
+def test_a_utc_offset_postgresql_refuses_is_normalized_not_a_500(server: str, where: str) -> None:
+    """Python reads UTC offsets up to +-23:59, PostgreSQL only to +-15:59 (found by
+    schemathesis: since=2343-02-03T23:46:23.46-17:50 gave a 500): the instant is sent in UTC;
+    one that leaves the calendar in UTC is a 400."""
+    import base64
+    import json
+
+    def ask(moment: str) -> int:
+        params = {where: moment}
+        if where == "cursor":
+            raw = json.dumps([moment, str(uuid.uuid4())]).encode()
+            params = {"cursor": base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+        answer = requests.get(f"{server}/ops/api/jobs", params=params, headers=AUTH, timeout=10)
+        return answer.status_code
+
+    assert ask("2343-02-03T23:46:23.46-17:50") == 200
+    assert ask("9999-12-31T23:00:00-20:00") == 400
+
+
+def _dead_ambiguous_send(orch: Any, key: str) -> str:
+    """One dead email whose last call may have been delivered (SendGrid keeps no keys)."""
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, params,
+                              attempts, max_attempts, deadline_at, dead_reason, last_error_code,
+                              changed_by, change_reason)
+            VALUES ('email', 'sendgrid', 'dead', %s, repeat('e', 64),
+                    '{"to": ["ana@example.com"], "subject": "receipt"}', 1, 3,
+                    now() + interval '1 hour', 'ambiguous', 'read_timeout', 'test', 'seeded')
+            RETURNING id
+            """,
+            (key,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _actions(orch: Any, job_id: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(orch.settings.database_url) as conn:
+        return conn.execute(
+            "SELECT actor, action, details FROM operator_actions WHERE target = %s", (job_id,)
+        ).fetchall()
+
+
+def test_dashboard_replay_of_an_ambiguous_send_asks_for_confirmation(
+    server: str, orch: Any
+) -> None:
+    """Replay of a dead ``ambiguous`` send from the dashboard first answers a confirmation
+    page stating the duplicate risk (nothing replayed, nothing audited); its confirm form
+    (CSRF-protected) POSTs accept_duplicate_risk=yes and only that replays it, audited as
+    accepting the risk. An ordinary dead charge still replays in one click."""
+    send = _dead_ambiguous_send(orch, "dash-ambiguous-1")
+    charge = seed_dead_job(orch, "dash-plain-1")
+    browser = requests.Session()
+    assert browser.post(f"{server}/ops/login", data={"token": TOKEN}, timeout=10).ok
+    page = browser.get(f"{server}/ops/", timeout=10)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None and f'id="replay-{send}"' in page.text
+
+    first = browser.post(
+        f"{server}/ops/dlq/{send}/replay", data={"csrf": csrf.group(1)}, timeout=10
+    )
+    assert first.status_code == 200 and first.url.endswith(f"/ops/dlq/{send}/replay")
+    assert 'id="duplicate-risk"' in first.text and "second time" in first.text
+    assert "ana@example.com" in first.text
+    assert 'name="accept_duplicate_risk" value="yes"' in first.text
+    confirm_csrf = re.search(r'name="csrf" value="([^"]+)"', first.text)
+    assert confirm_csrf is not None and confirm_csrf.group(1) == csrf.group(1)
+    assert orch.job(send).state is JobState.DEAD
+    assert _actions(orch, send) == []
+
+    # The confirm form without its CSRF token does nothing.
+    forged = browser.post(
+        f"{server}/ops/dlq/{send}/replay", data={"accept_duplicate_risk": "yes"}, timeout=10
+    )
+    assert forged.status_code == 403 and orch.job(send).state is JobState.DEAD
+
+    confirmed = browser.post(
+        f"{server}/ops/dlq/{send}/replay",
+        data={"csrf": confirm_csrf.group(1), "accept_duplicate_risk": "yes", "reason": "ok'd"},
+        timeout=10,
+    )
+    assert confirmed.status_code == 200 and 'id="notice"' in confirmed.text
+    assert orch.job(send).state is JobState.PENDING
+    [(actor, action, details)] = _actions(orch, send)
+    assert actor == "http:dashboard" and action == "dlq.replay"
+    assert details["accept_duplicate_risk"] is True
+
+    plain = browser.post(
+        f"{server}/ops/dlq/{charge}/replay", data={"csrf": csrf.group(1)}, timeout=10
+    )
+    assert plain.status_code == 200 and 'id="notice"' in plain.text
+    assert orch.job(charge).state is JobState.PENDING
+    assert "accept_duplicate_risk" not in _actions(orch, charge)[0][2]

@@ -13,9 +13,9 @@ import pytest
 from orchestrator.cli.dlq import parse_rate
 from orchestrator.errors import ValidationError
 from orchestrator.models import Attempt, AttemptOutcome, Job, JobState
+from orchestrator.ops.auth import SESSION_TTL_S, OpsAuth
 from orchestrator.ops.dashboard import attempts_chart
 from orchestrator.ops.filters import JobFilter, decode_cursor, encode_cursor
-from orchestrator.ops.http import SESSION_TTL_S, OpsAuth
 from orchestrator.ops.replay import ReplayAction, key_may_be_saved, plan_replay
 from orchestrator.providers.base import Outcome
 from tests.unit.test_decisions import make_job

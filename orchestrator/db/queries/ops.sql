@@ -152,3 +152,35 @@ SELECT id::text AS id, kind::text AS kind, state::text AS state, amount, provide
             THEN extract(epoch FROM updated_at - created_at)::float8 END AS settle_s
 FROM jobs
 WHERE id = ANY(%(ids)s::uuid[]);
+
+-- /metrics (orchestrator.ops.metrics): what a scrape reads costs what is live, never history
+-- (job rows are kept forever). tests/integration/test_metrics.py checks the buffers each one
+-- touches stay flat as settled jobs pile up.
+
+-- name: metrics_live_jobs
+-- Jobs in the live states passed (never the settled ones): an index range per state on
+-- jobs_state_created_idx, so only live rows are visited.
+SELECT state::text AS state, count(*) AS n
+FROM jobs
+WHERE state = ANY(%(states)s::job_state[])
+GROUP BY state;
+
+-- name: metrics_dlq_size
+-- An index range over dead rows only: the partial index jobs_dead_created_idx or the 'dead'
+-- range of jobs_state_created_idx, whichever the planner prefers; cost follows the DLQ.
+SELECT count(*) AS n FROM jobs WHERE state = 'dead';
+
+-- name: metrics_settled_totals
+-- Settles ever, by kind, provider and state: the drained totals plus the outbox not drained
+-- yet. One statement, one snapshot: the drain moves rows from one to the other in a single
+-- transaction, so a settle is counted exactly once, whichever side it is on.
+SELECT kind::text AS kind, provider::text AS provider, state::text AS state,
+       sum(n)::bigint AS n
+FROM (
+    SELECT kind, provider, state, n FROM job_settled_totals
+    UNION ALL
+    SELECT kind, provider, state, count(*) AS n FROM job_settlements
+    GROUP BY kind, provider, state
+) AS settled
+GROUP BY kind, provider, state
+ORDER BY kind, provider, state;
