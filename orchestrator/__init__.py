@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from orchestrator.api import Orchestrator
+from orchestrator.app.aio import AsyncOrchestrator
 from orchestrator.errors import (
     ConfigError,
     IdempotencyConflict,
@@ -12,6 +13,7 @@ from orchestrator.errors import (
     OrchestratorError,
     ProviderUnavailable,
     ValidationError,
+    WaitTimeout,
 )
 from orchestrator.models import Job, JobKind, JobState
 
@@ -24,6 +26,7 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
 
 __all__ = [
     "DISTRIBUTION",
+    "AsyncOrchestrator",
     "ConfigError",
     "IdempotencyConflict",
     "InvalidOperation",
@@ -35,4 +38,5 @@ __all__ = [
     "OrchestratorError",
     "ProviderUnavailable",
     "ValidationError",
+    "WaitTimeout",
 ]

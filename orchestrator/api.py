@@ -4,25 +4,30 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
 
 from orchestrator import validation as v
+from orchestrator.app import bulk
 from orchestrator.app import requests as rq
+from orchestrator.app.waiting import SettleListener
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.config import Settings, load_settings
 from orchestrator.db import Conn, OpsStore, Store, make_pool
+from orchestrator.db.store import savepoint
 from orchestrator.errors import (
     IdempotencyConflict,
     InvalidOperation,
     JobNotFound,
     ValidationError,
+    WaitTimeout,
 )
-from orchestrator.executor import Executor
+from orchestrator.executor import SAME_KEY_RESEND, Executor
 from orchestrator.logs import get_logger
-from orchestrator.models import Attempt, Job, Transition
+from orchestrator.models import Attempt, Job, JobKind, JobState, Transition
 from orchestrator.providers.base import Provider
 
 log = get_logger(__name__)
@@ -50,6 +55,7 @@ class Orchestrator:
         self.dispatcher = Dispatcher(self.broker, settings.queue_name)
         self._executor: Executor | None = None
         self._lock = threading.Lock()
+        self._settles = SettleListener(settings.database_url)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Orchestrator:
@@ -58,6 +64,7 @@ class Orchestrator:
 
     def close(self) -> None:
         """Send the messages still queued (for up to a few seconds), then release the pool."""
+        self._settles.close()
         self.dispatcher.close()
         self.store.close()
 
@@ -88,9 +95,15 @@ class Orchestrator:
         transfer_data: Mapping[str, Any] | None = None,
         application_fee_amount: int | None = None,
         on_behalf_of: str | None = None,
+        capture: bool | None = None,
         conn: Conn | None = None,
     ) -> Job:
         """Accept a charge as a job (or return the job this key already made).
+
+        ``capture=False`` (the same as ``capture_method="manual"``; a contradictory pair is a
+        ``ValidationError``) only authorizes: the job ends ``succeeded`` with
+        ``captured_amount == 0`` (``job.captured`` False) and ``capture_before`` set; then
+        :meth:`capture` takes the money, or :meth:`cancel` releases the hold.
 
         By default the charge is merchant-initiated (``off_session``: nobody is there to
         authenticate); a card that needs authentication fails with ``authentication_required``
@@ -122,8 +135,24 @@ class Orchestrator:
             transfer_data=transfer_data,
             application_fee_amount=application_fee_amount,
             on_behalf_of=on_behalf_of,
+            capture=capture,
         )
         return self._enqueue(row, conn)
+
+    def charge_many(
+        self, items: Sequence[Mapping[str, Any]], *, conn: Conn | None = None
+    ) -> list[Job]:
+        """Accept many charges at once: ``items`` are mappings of :meth:`charge`'s keyword
+        arguments (``conn`` excepted); returns their jobs in the order of ``items``.
+
+        Every item is validated first (``ValidationError`` naming the item's index; nothing
+        written). The batch is inserted in one statement, with the same idempotency rules per
+        item as :meth:`charge`: a key already used for the same request gives back its job, a
+        key used for another request (or twice in the batch with different requests) raises
+        ``IdempotencyConflict`` and nothing of the batch is written. ``conn`` as in
+        :meth:`charge`; without it, the new jobs' messages go out in the background.
+        """
+        return bulk.charge_many(self.store, self.dispatcher, self.settings, items, conn=conn)
 
     def send_email(
         self,
@@ -165,6 +194,7 @@ class Orchestrator:
         *,
         idempotency_key: str,
         metadata: Mapping[str, str] | None = None,
+        conn: Conn | None = None,
     ) -> Job:
         """Accept a refund of a succeeded charge (all that remains, or ``amount``) as a job.
 
@@ -173,14 +203,120 @@ class Orchestrator:
         ``failed`` (or is discarded) gives its reservation back. The same key and request
         returns the same job without reserving again. Raises ``InvalidOperation`` when the
         charge is not ``succeeded`` or not enough remains, ``JobNotFound`` for no such charge.
+        An authorization (``capture=False``) is refundable up to its captured amount only.
+        ``conn`` as in :meth:`charge`: the job and its reservation are made inside the caller's
+        transaction (a savepoint of it), its message goes out at commit; rolled back: neither.
         """
         request = rq.refund_request(charge_job_id, amount, metadata)
         key = v.idempotency_key(idempotency_key)
-        with self.store.connection() as conn:
-            job, created = self._reserve_and_insert_refund(conn, key, request)
+        return self._transact(conn, lambda c: self._reserve_and_insert_refund(c, key, request))
+
+    def capture(
+        self,
+        job_id: str,
+        amount: int | None = None,
+        *,
+        idempotency_key: str,
+        conn: Conn | None = None,
+    ) -> Job:
+        """Capture an authorized charge (``charge(..., capture=False)``): all it authorized, or
+        ``amount`` (Stripe releases the rest), as a ``capture`` job with its own provider key.
+
+        The amount is reserved on the charge with the job's insert, so a charge is captured at
+        most once and never over its authorization, whatever runs concurrently; a capture that
+        ends ``failed`` gives it back. Refused (``InvalidOperation``) for anything but a
+        succeeded, uncaptured authorization within ``charge.capture_before``. The same key and
+        request returns the same job. ``conn`` as in :meth:`refund`.
+        """
+        request = rq.capture_request(job_id, amount)
+        key = v.idempotency_key(idempotency_key)
+        return self._transact(conn, lambda c: self._reserve_and_insert_capture(c, key, request))
+
+    def cancel(self, job_id: str, *, reason: str, conn: Conn | None = None) -> Job:
+        """Cancel a job that no worker holds, or release an authorization at the provider.
+
+        A ``pending`` or ``retrying`` job becomes ``cancelled`` by one compare-and-set UPDATE
+        (returned), unless the provider may hold a result for its current key (an ambiguous
+        last attempt, a success event not processed yet): that is settled first. A succeeded,
+        uncaptured authorization gets a ``void`` job (returned; the same one while it is live)
+        that cancels the PaymentIntent at Stripe; when it succeeds the charge moves
+        ``succeeded -> cancelled``. Anything else (``running``: a provider call may be in
+        flight; ``unknown``, ``processing``, ``dead``, a final state) raises
+        ``InvalidOperation``; ``JobNotFound`` for no such job. ``conn`` as in :meth:`refund`.
+        """
+        jid = rq.job_id(job_id)
+        why = v.text("reason", reason, max_length=rq.MAX_REASON_CHARS, required=True) or ""
+        return self._transact(conn, lambda c: self._cancel(c, jid, why))
+
+    def _transact(self, conn: Conn | None, work: Callable[[Conn], tuple[Job, bool]]) -> Job:
+        """``work`` in one transaction: the caller's (a savepoint of it, the message sent at
+        its commit) or our own (the message sent once committed)."""
+        if conn is not None:
+            with savepoint(conn):
+                job, created = work(conn)
+                if created:
+                    self.store.notify_dispatch(conn, job.id)
+            return job
+        with self.store.connection() as own:
+            job, created = work(own)
         if created:
             self._dispatch_new(job)
         return job
+
+    def _reserve_and_insert_capture(
+        self, conn: Conn, key: str, request: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        """Lock the charge, check, reserve the capture on it, insert the capture job."""
+        charge_id = request["charge_job_id"]
+        charge = self.store.lock_charge_for_refund(conn, charge_id)
+        if charge is None:
+            raise JobNotFound(f"no charge with id {charge_id}")
+        existing = self.store.job_by_key(conn, key)
+        if existing is not None:
+            if existing.fingerprint != v.fingerprint(request):
+                raise IdempotencyConflict(key, existing.id)
+            return existing, False
+        row = rq.capture_row(charge, key, request, datetime.now(UTC))
+        if self.store.reserve_capture(conn, charge.id, row["amount"]) is None:
+            raise InvalidOperation(
+                f"charge {charge.id} cannot be captured now: past its capture deadline, or a "
+                "capture or void of it is in flight"
+            )
+        job, created = self._insert_or_get(conn, self._with_defaults(row))
+        if not created:  # the key was taken meanwhile: roll the reservation back with us
+            raise ValidationError("idempotency_key is being used concurrently; try again")
+        return job, True
+
+    def _cancel(self, conn: Conn, job_id: str, why: str) -> tuple[Job, bool]:
+        """Cancel by compare-and-set, or void an authorization; (job, a void job was made)."""
+        args = {"actor": "api", "reason": f"cancelled: {why}"[:500]}
+        cancelled = self.store.cancel_job(conn, job_id, **args, same_key_reason=SAME_KEY_RESEND)
+        if cancelled is None:
+            job = self.store.lock_charge_for_refund(conn, job_id)  # any kind: lock it, read it
+            if job is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            if job.state in (JobState.PENDING, JobState.RETRYING):  # back there since, or held
+                cancelled = self.store.cancel_job(
+                    conn, job_id, **args, same_key_reason=SAME_KEY_RESEND
+                )
+            elif job.kind is JobKind.CHARGE and job.captured_amount == 0:
+                return self._void(conn, job, why)
+            if cancelled is None:
+                raise InvalidOperation(rq.not_cancellable(job))
+        log.info("job.cancelled", job_id=job_id, kind=str(cancelled.kind))
+        return cancelled, False
+
+    def _void(self, conn: Conn, charge: Job, why: str) -> tuple[Job, bool]:
+        """The void job of a locked, uncaptured authorization: the live one, or a new one."""
+        if charge.state is not JobState.SUCCEEDED:
+            raise InvalidOperation(rq.not_cancellable(charge))
+        live = self.store.live_settler(conn, charge.id)
+        if live is not None and live.kind is JobKind.VOID:
+            return live, False
+        if live is not None:
+            raise InvalidOperation(rq.not_cancellable(charge, live))
+        row = rq.void_row(charge, why, self.store.count_voids(conn, charge.id))
+        return self._insert_or_get(conn, self._with_defaults(row))
 
     def _reserve_and_insert_refund(
         self, conn: Conn, key: str, request: dict[str, Any]
@@ -249,6 +385,27 @@ class Orchestrator:
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return job
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> Job:
+        """The job once it has settled (``succeeded``, ``failed``, ``cancelled`` or ``dead``).
+
+        Woken by the ``NOTIFY`` its settle sends at commit, it returns within milliseconds of
+        the settle, with a safety re-read every second. Raises ``WaitTimeout`` (a
+        ``TimeoutError``) when ``timeout`` seconds pass first, ``JobNotFound`` for no such job.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValidationError("timeout must be a number of seconds, 0 or more")
+        job = self.job(job_id)
+        if job.state.is_terminal:
+            return job
+        if not self._settles.wait(job.id, float(timeout), self._is_settled):
+            state = self.store.job_state(job.id) or str(job.state)
+            raise WaitTimeout(job.id, float(timeout), state)
+        return self.job(job.id)
+
+    def _is_settled(self, job_id: str) -> bool:
+        state = self.store.job_state(job_id)
+        return state is None or JobState(state).is_terminal
 
     def attempts(self, job_id: str) -> list[Attempt]:
         return self.store.attempts(rq.job_id(job_id))

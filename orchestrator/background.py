@@ -53,14 +53,18 @@ class Batcher(Generic[T]):
                     self._reset()
 
     def put(self, item: T) -> None:
+        self.put_many((item,))
+
+    def put_many(self, items: Sequence[T]) -> None:
+        """``put`` each of ``items``, under one lock and one wake-up of the thread."""
         self._in_this_process()
         with self._changed:
             closed = self._closed
             if not closed:
-                self._items.append(item)
+                self._items.extend(items)
                 self._changed.notify_all()
         if closed:
-            self.handle_now([item])
+            self.handle_now(items)
             return
         if self._thread is None:
             with self._guard:

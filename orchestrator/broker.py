@@ -82,6 +82,10 @@ class Dispatcher:
         """Send ``job_id``'s message from the background thread, as soon as it can."""
         self._soon.put(job_id)
 
+    def send_soon_many(self, job_ids: Sequence[str]) -> None:
+        """``send_soon`` for each of ``job_ids``, handed over at once."""
+        self._soon.put_many(job_ids)
+
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until every id handed to ``send_soon`` was sent (or given up on); False if
         ``timeout_s`` passed first."""
@@ -102,11 +106,17 @@ class Dispatcher:
         """Send ``execute_job(job_id)``, to run after ``delay_s``."""
         self.send_to(EXECUTE_ACTOR, job_id, delay_s=delay_s)
 
-    def send_to(self, actor_name: str, *args: str | int, delay_s: float = 0.0) -> None:
-        """Send a message to the worker's actor ``actor_name`` (by name: the actors package
-        need not be imported here), carrying ids only."""
+    def send_to(
+        self,
+        actor_name: str,
+        *args: str | int,
+        delay_s: float = 0.0,
+        queue_name: str | None = None,
+    ) -> None:
+        """Send a message to the actor ``actor_name`` (by name: the actors package need not be
+        imported here), carrying ids only; on the orchestrator's queue unless ``queue_name``."""
         message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=self.queue_name,
+            queue_name=queue_name or self.queue_name,
             actor_name=actor_name,
             args=args,
             kwargs={},

@@ -8,7 +8,8 @@
     ├── JobNotFound (also LookupError)        no job with that id
     ├── InvalidOperation                      the job's state forbids the request
     ├── ConfigError                           a setting is missing or invalid: fix the environment
-    └── ProviderUnavailable                   a lookup could not reach the provider: ask later
+    ├── ProviderUnavailable                   a lookup could not reach the provider: ask later
+    └── WaitTimeout (also TimeoutError)       wait() ran out of time; the job is not settled yet
 
 Provider failures are not exceptions here: ``orchestrator.providers`` turns each foreign
 exception into an :class:`~orchestrator.providers.Outcome` in exactly one place per provider.
@@ -51,3 +52,13 @@ class ConfigError(OrchestratorError):
 
 class ProviderUnavailable(OrchestratorError):
     """The provider could not answer a lookup now; ask again later."""
+
+
+class WaitTimeout(OrchestratorError, TimeoutError):
+    """``wait()`` gave up before the job settled; ``job`` is how it was last seen."""
+
+    def __init__(self, job_id: str, timeout_s: float, state: str) -> None:
+        super().__init__(f"job {job_id} is still {state} after {timeout_s:g}s")
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.state = state

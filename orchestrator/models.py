@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import operator
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, NamedTuple, Self, TypeAlias
 
 
 class JobState(enum.StrEnum):
@@ -91,13 +93,43 @@ class _Row:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Self:
         """An instance from a row: its own columns only, UUIDs as strings, enums as enums."""
-        names = _field_names(cls)
-        values = {
-            k: str(v) if isinstance(v, uuid.UUID) else v for k, v in row.items() if k in names
-        }
-        for name, kind in cls._enums.items():
-            values[name] = kind(values[name])
-        return cls(**values)
+        layout = _layout(cls)
+        try:
+            values = list(layout.getter(row))
+        except KeyError:  # a row without some defaulted field: by name
+            names = _field_names(cls)
+            by_name = {k: v for k, v in row.items() if k in names}
+            for name, kind in cls._enums.items():
+                by_name[name] = kind(by_name[name])
+            return cls(**{k: str(v) if type(v) is uuid.UUID else v for k, v in by_name.items()})
+        for i, v in enumerate(values):
+            if type(v) is uuid.UUID:
+                values[i] = str(v)
+        for i, kind in layout.enums:
+            values[i] = kind(values[i])
+        return cls(*values)
+
+
+class _Layout(NamedTuple):
+    """How :meth:`_Row.from_row` reads a class's fields from a row, in declaration order."""
+
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+    enums: tuple[tuple[int, type[enum.StrEnum]], ...]
+
+
+_LAYOUTS: dict[type[Any], _Layout] = {}
+
+
+def _layout(cls: type[_Row]) -> _Layout:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        order = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        getter = operator.itemgetter(*order)
+        layout = _LAYOUTS[cls] = _Layout(
+            getter if len(order) > 1 else lambda row: (getter(row),),
+            tuple((order.index(name), kind) for name, kind in cls._enums.items()),
+        )
+    return layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,14 @@ class Job(_Row):
     # On-session charges that need the customer: the PaymentIntent's next_action and
     # client_secret (schema.sql, provider_details). None otherwise.
     provider_details: dict[str, Any] | None = None
+    # Authorize now, capture later (charge(..., capture=False); schema.sql, captured_amount):
+    # None for a charge captured when it succeeded (or not succeeded yet), 0 for an
+    # authorization waiting for its capture, the amount captured once its capture succeeded.
+    captured_amount: int | None = None
+    # When the provider voids an uncaptured authorization; no capture is accepted from then on.
+    capture_before: datetime | None = None
+    # The amount of the charge's live or succeeded capture job (schema.sql, capture_reserved).
+    capture_reserved: int = 0
 
     _enums: ClassVar[_Enums] = {"state": JobState, "kind": JobKind}
 
@@ -146,8 +186,23 @@ class Job(_Row):
         meta: dict[str, str] = self.params.get("metadata") or {}
         return meta
 
+    @property
+    def captured(self) -> bool:
+        """Whether this is a charge whose money is taken: succeeded, and captured when it
+        succeeded or by its capture job since. False for an authorization not captured yet."""
+        return (
+            self.kind is JobKind.CHARGE
+            and self.state is JobState.SUCCEEDED
+            and (self.captured_amount is None or self.captured_amount > 0)
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {**row_to_json(self), "state": str(self.state), "kind": str(self.kind)}
+        return {
+            **row_to_json(self),
+            "state": str(self.state),
+            "kind": str(self.kind),
+            "captured": self.captured,
+        }
 
 
 @dataclass(frozen=True, slots=True)

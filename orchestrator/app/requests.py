@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from orchestrator import validation as v
@@ -115,23 +116,8 @@ def refund_request(
 def refund_row(charge: Job, key: str, request: dict[str, Any]) -> dict[str, Any]:
     """The job row of a refund of ``charge`` (locked by the caller), or InvalidOperation."""
     amount = refundable(charge, request["amount"])
-    return {
-        "kind": JobKind.REFUND.value,
-        "provider": charge.provider,
-        "idempotency_key": key,
-        "fingerprint": v.fingerprint(request),
-        "amount": amount,
-        "currency": charge.currency,
-        "customer": charge.customer,
-        "payment_method": None,
-        "parent_job_id": charge.id,
-        "params": {
-            "payment_intent": charge.provider_ref,
-            "metadata": request["metadata"],
-            # A Connect charge's refund is made on the same account.
-            **connect_account(charge),
-        },
-    }
+    params = {"metadata": request["metadata"]}
+    return _on_charge(JobKind.REFUND, charge, key, request, amount, params)
 
 
 def with_defaults(settings: Settings, row: dict[str, Any], actor: str = "api") -> dict[str, Any]:
@@ -183,7 +169,13 @@ def refundable(charge: Job, requested: int | None) -> int:
         raise InvalidOperation(
             f"charge {charge.id} is {charge.state}: only a succeeded charge can be refunded"
         )
-    total = charge.amount or 0
+    if charge.captured_amount == 0:
+        raise InvalidOperation(
+            f"charge {charge.id} is authorized but not captured: capture it first, or cancel it "
+            "to release the hold"
+        )
+    # An authorization captured in part can be refunded up to what was captured.
+    total = charge.captured_amount if charge.captured_amount is not None else charge.amount or 0
     remaining = total - charge.refunded_amount
     if remaining <= 0:
         raise InvalidOperation(
@@ -196,6 +188,127 @@ def refundable(charge: Job, requested: int | None) -> int:
             f"({remaining} of {total})"
         )
     return remaining if requested is None else requested
+
+
+# Why a job was cancelled (the reason_text domain).
+MAX_REASON_CHARS = 500
+# Why cancel() refuses a job in each state it cannot cancel.
+_NOT_CANCELLABLE = {
+    JobState.RUNNING: "a worker holds it and its provider call may be in flight; it is not "
+    "cancelled under a running call (cancel again once it settles)",
+    JobState.UNKNOWN: "its last attempt may have executed; it is resolved by a lookup first",
+    JobState.PROCESSING: "the provider accepted it and reports a pending state",
+    JobState.DEAD: "an operator replays or discards it (orchestrator dlq discard)",
+    JobState.PENDING: "the provider may already hold the result of its last attempt (an "
+    "ambiguous outcome, or a success event not processed yet); it is settled first",
+    JobState.RETRYING: "the provider may already hold the result of its last attempt (an "
+    "ambiguous outcome, or a success event not processed yet); it is settled first",
+}
+
+
+def not_cancellable(job: Job, settler: Job | None = None) -> str:
+    """Why ``cancel()`` refuses ``job`` (``settler``: its charge's live capture)."""
+    if settler is not None:
+        return (
+            f"charge {job.id} has a capture ({settler.id}, {settler.state}): an authorization "
+            "being captured cannot be voided"
+        )
+    why = _NOT_CANCELLABLE.get(job.state)
+    if why is None:
+        if job.kind is JobKind.CHARGE and job.state is JobState.SUCCEEDED:
+            why = "a final state: its money is captured, refund it instead"
+        else:
+            why = "a final state"
+    return f"job {job.id} is {job.state}: {why}"
+
+
+# Stripe's own cancellation reasons: a cancel() reason that is one of them is sent along.
+STRIPE_CANCELLATION_REASONS = ("abandoned", "duplicate", "fraudulent", "requested_by_customer")
+
+
+def capture_request(charge_job_id: str, amount: int | None) -> dict[str, Any]:
+    """The validated capture request (its fingerprint source); the row needs the locked charge
+    (:func:`capture_row`)."""
+    return {
+        "kind": "capture",
+        "charge_job_id": job_id(charge_job_id),
+        "amount": None if amount is None else v.amount(amount),
+    }
+
+
+def capture_row(charge: Job, key: str, request: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The job row of a capture of ``charge`` (locked by the caller), or InvalidOperation."""
+    amount = capturable(charge, request["amount"], now)
+    params = {"amount_to_capture": amount}
+    return _on_charge(JobKind.CAPTURE, charge, key, request, amount, params)
+
+
+def capturable(charge: Job, requested: int | None, now: datetime) -> int:
+    """The amount a capture of ``charge`` takes (all that was authorized by default), or
+    InvalidOperation saying why it cannot be captured."""
+    if charge.kind is not JobKind.CHARGE:
+        raise InvalidOperation(f"job {charge.id} is a {charge.kind}, not a charge")
+    if charge.state is not JobState.SUCCEEDED:
+        raise InvalidOperation(
+            f"charge {charge.id} is {charge.state}: only a succeeded authorization "
+            "(charge(..., capture=False)) can be captured"
+        )
+    if charge.captured_amount is None:
+        raise InvalidOperation(
+            f"charge {charge.id} was captured when it succeeded: there is nothing to capture"
+        )
+    if charge.captured_amount > 0 or charge.capture_reserved > 0:
+        raise InvalidOperation(
+            f"charge {charge.id} already has a capture ({charge.capture_reserved} of "
+            f"{charge.amount} captured or in flight): a charge is captured once"
+        )
+    if charge.capture_before is not None and now >= charge.capture_before:
+        raise InvalidOperation(
+            f"charge {charge.id}'s authorization expired at {charge.capture_before.isoformat()} "
+            "(the provider voids an uncaptured payment after its capture window)"
+        )
+    total = charge.amount or 0
+    if requested is not None and requested > total:
+        raise InvalidOperation(
+            f"capture of {requested} exceeds the authorized amount of charge {charge.id} ({total})"
+        )
+    return total if requested is None else requested
+
+
+def void_row(charge: Job, reason: str, number: int) -> dict[str, Any]:
+    """The job row of the void (provider-side cancel) of ``charge``, an uncaptured authorization
+    locked by the caller; ``number`` counts its earlier voids (each ended failed), so the key of
+    each void is its own."""
+    request = {"kind": "void", "charge_job_id": charge.id, "number": number}
+    params: dict[str, Any] = {"reason": reason}
+    if reason in STRIPE_CANCELLATION_REASONS:
+        params["cancellation_reason"] = reason
+    key = f"orchestrator-void-{charge.id}-{number}"
+    return _on_charge(JobKind.VOID, charge, key, request, charge.amount, params)
+
+
+def _on_charge(
+    kind: JobKind,
+    charge: Job,
+    key: str,
+    request: dict[str, Any],
+    amount: int | None,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The row of a job acting on ``charge``'s PaymentIntent (refund, capture, void): on the
+    charge's provider and, for a Connect charge, on the same account."""
+    return {
+        "kind": kind.value,
+        "provider": charge.provider,
+        "idempotency_key": key,
+        "fingerprint": v.fingerprint(request),
+        "amount": amount,
+        "currency": charge.currency,
+        "customer": charge.customer,
+        "payment_method": None,
+        "parent_job_id": charge.id,
+        "params": {"payment_intent": charge.provider_ref, **params, **connect_account(charge)},
+    }
 
 
 def connect_account(charge: Job) -> dict[str, Any]:

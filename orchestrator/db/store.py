@@ -4,9 +4,13 @@ reservation, webhook events), one named query each (``queries/jobs.sql``, ``webh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
+from psycopg import Transaction
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -134,13 +138,39 @@ class Store(Queries):
 
     # -- refunds (inside orch.refund()'s transaction) --------------------------------------
 
+    # (``conn`` may be the application's own connection: rows are read as dicts whatever its
+    # row factory, as in insert_job.)
+
     def lock_charge_for_refund(self, conn: Conn, charge_id: str) -> Job | None:
-        row = conn.execute(q("lock_charge_for_refund"), {"id": charge_id}).fetchone()
-        return Job.from_row(row) if row else None
+        return _job_on(conn, "lock_charge_for_refund", {"id": charge_id})
 
     def reserve_refund(self, conn: Conn, charge_id: str, amount: int) -> Job | None:
-        row = conn.execute(q("reserve_refund"), {"id": charge_id, "amount": amount}).fetchone()
-        return Job.from_row(row) if row else None
+        return _job_on(conn, "reserve_refund", {"id": charge_id, "amount": amount})
+
+    # -- captures, voids and cancels (inside orch.capture()'s and orch.cancel()'s transaction) --
+
+    def reserve_capture(self, conn: Conn, charge_id: str, amount: int) -> Job | None:
+        """Reserve ``amount`` for the charge's one capture (queries: reserve_capture); None
+        when the charge is not an uncaptured authorization within its deadline, the amount is
+        over the authorized one, or a capture or void of it is live or succeeded."""
+        return _job_on(conn, "reserve_capture", {"id": charge_id, "amount": amount})
+
+    def live_settler(self, conn: Conn, charge_id: str) -> Job | None:
+        """The charge's capture or void job that is live or succeeded, if any."""
+        return _job_on(conn, "live_settler", {"id": charge_id})
+
+    def count_voids(self, conn: Conn, charge_id: str) -> int:
+        cursor = conn.cursor(row_factory=dict_row)
+        row = cursor.execute(q("count_voids"), {"id": charge_id}).fetchone()
+        return int(row["n"]) if row else 0
+
+    def cancel_job(
+        self, conn: Conn, job_id: str, *, actor: str, reason: str, same_key_reason: str
+    ) -> Job | None:
+        """Compare-and-set ``pending``/``retrying`` -> ``cancelled`` (queries: cancel_job); None
+        when the job is in another state or the provider may hold a result for its key."""
+        args = {"id": job_id, "actor": actor, "reason": reason, "same_key_reason": same_key_reason}
+        return _job_on(conn, "cancel_job", args)
 
     # -- provider webhook events -----------------------------------------------------------
 
@@ -204,6 +234,103 @@ class Store(Queries):
         row = self._one("broker_dead_letter_insert", {**args, "message": Jsonb(args["message"])})
         return row is not None
 
+    # -- settlements (orchestrator.maintenance.settlements) ----------------------------------
+
+    def drain_settlements(
+        self, limit: int, deliver: Callable[[list[tuple[str, str]]], object]
+    ) -> int:
+        """Take up to ``limit`` settles from the outbox as (job id, state), oldest first, and
+        hand them to ``deliver`` before committing: if it raises, they stay for the next drain
+        (so every settle is delivered at least once). Returns how many were taken."""
+        with self.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            rows = cursor.execute(q("take_settlements"), {"limit": limit}).fetchall()
+            if rows:
+                deliver([(row["job_id"], row["state"]) for row in rows])
+        return len(rows)
+
+    def count_settlements(self) -> int:
+        row = self._one("count_settlements")
+        return int(row["n"]) if row else 0
+
+    def job_state(self, job_id: str) -> str | None:
+        """Only the state of a job (``wait()``'s cheap re-read); None when there is none."""
+        row = self._one("job_state", {"id": job_id})
+        return str(row["state"]) if row else None
+
 
 def _event(row: Row | None) -> WebhookEvent | None:
     return WebhookEvent.from_row(row) if row else None
+
+
+def _job_on(conn: Conn, name: str, args: dict[str, Any]) -> Job | None:
+    """One job row (or None) from the named query run on ``conn``, read as a dict."""
+    row = conn.cursor(row_factory=dict_row).execute(q(name), args).fetchone()
+    return Job.from_row(row) if row else None
+
+
+# -- bulk enqueue (orchestrator.app.bulk: Orchestrator.charge_many) -------------------------
+
+
+def insert_jobs_bulk(
+    conn: Conn, rows: Sequence[dict[str, Any]], defaults: dict[str, Any]
+) -> list[Job]:
+    """Insert a batch in one statement (queries: insert_jobs_bulk): ``rows`` job rows with
+    distinct keys, ``defaults`` the batch's max_attempts, horizon_s and changed_by. Returns the
+    jobs created; a key already taken is skipped (read it with :func:`jobs_by_keys`).
+
+    Every row of one statement gets the same defaults (``now()`` is the transaction's time):
+    only its id and what was sent differ. So one created row is read back whole and the
+    others are that row with their own id and columns, instead of 10,000 rows sent back and
+    parsed (tests/integration/test_charge_many.py compares them with the stored rows)."""
+    batch = json.dumps([{name: row[name] for name in _BULK_COLUMNS} for row in rows])
+    cursor = conn.cursor(row_factory=dict_row)
+    cursor.execute(q("insert_jobs_bulk"), {**defaults, "batch": batch})
+    created = cursor.fetchall()
+    if not created:
+        return []
+    template = cursor.execute(q("job_by_id"), {"id": created[0]["id"]}).fetchone()
+    assert template is not None  # inserted by this transaction
+    sent = {row["idempotency_key"]: row for row in rows}
+    jobs = []
+    for new in created:
+        mine = sent[new["idempotency_key"]]
+        values = {**template, **{name: mine[name] for name in _BULK_COLUMNS}, "id": new["id"]}
+        jobs.append(Job.from_row(values))
+    return jobs
+
+
+# The columns of a row that insert_jobs_bulk sends (the rest are the batch's defaults).
+_BULK_COLUMNS = (
+    "kind",
+    "provider",
+    "idempotency_key",
+    "fingerprint",
+    "amount",
+    "currency",
+    "customer",
+    "payment_method",
+    "parent_job_id",
+    "params",
+)
+
+
+def jobs_by_keys(conn: Conn, keys: Sequence[str]) -> list[Job]:
+    cursor = conn.cursor(row_factory=dict_row)
+    return [Job.from_row(r) for r in cursor.execute(q("jobs_by_keys"), {"keys": keys})]
+
+
+def notify_dispatch_many(conn: Conn, job_ids: Sequence[str]) -> None:
+    """``notify_dispatch`` for each job, in one statement (delivered at the caller's commit)."""
+    conn.execute(q("notify_dispatch_many"), {"ids": list(job_ids)})
+
+
+def savepoint(conn: Conn) -> AbstractContextManager[Transaction]:
+    """``with savepoint(conn):`` work on the caller's ``conn`` as one unit: a savepoint of its
+    open transaction (rolled back alone on error, committed with the caller's transaction). A
+    connection in autocommit gets a transaction of its own; one not in autocommit but idle
+    first has its implicit transaction opened (queries: open_transaction), left for the caller
+    to commit, where ``conn.transaction()`` alone would commit it at the end of the block."""
+    if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        conn.execute(q("open_transaction"))
+    return conn.transaction()

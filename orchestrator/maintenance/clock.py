@@ -19,6 +19,8 @@ Each task (a :class:`Task`, built by :func:`default_tasks`) has
 * ``dead_letters_reconciled`` (:mod:`~orchestrator.maintenance.deadletters`): messages
   dramatiq dead-lettered in Redis, copied to PostgreSQL for operators (and re-sent when
   their job is still live);
+* ``settlements_delivered`` (:mod:`~orchestrator.maintenance.settlements`): settles from the
+  outbox sent to the application's settlement hooks, counted into the settled totals;
 * ``ledger_audits`` (:mod:`~orchestrator.maintenance.audit`): once every
   ``ORCHESTRATOR_AUDIT_INTERVAL_S``, the ledger compared with Stripe's own lists, drift
   recorded in ``ledger_drift``.
@@ -48,6 +50,7 @@ from orchestrator.maintenance import BATCH_LIMIT
 from orchestrator.maintenance.audit import LedgerAudit, stripe_lister
 from orchestrator.maintenance.deadletters import ReconcileDeadLetters
 from orchestrator.maintenance.leases import ExpireLeases
+from orchestrator.maintenance.settlements import DeliverSettlements
 from orchestrator.maintenance.sweeps import DeleteOld, Resend
 from orchestrator.ops.heartbeats import Beacon, clock_beacon
 from orchestrator.webhooks.ingest import send_process_message
@@ -129,6 +132,8 @@ def default_tasks(orch: Orchestrator, owner: str) -> list[Task]:
         ),
         # Messages dramatiq dead-lettered in Redis: recorded for operators, live jobs re-sent.
         ReconcileDeadLetters(store, dispatcher, settings, owner),
+        # Settles from the outbox to the settlement hooks (and the settled totals).
+        DeliverSettlements.from_text(store, dispatcher, settings.settle_hooks),
         # The ledger against Stripe's consistent lists, when the last audit is old enough.
         LedgerAudit(orch.ops_store, settings, partial(stripe_lister, orch)),
     ]

@@ -230,11 +230,125 @@ SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 -- name: reserve_refund
 -- Reserve a refund's amount on its charge: only a succeeded charge, and only while the sum of
--- reservations stays within the charged amount (the CHECK jobs_refunds_within_amount backs it).
+-- reservations stays within the charged amount, or for an authorization within the captured
+-- amount (the CHECKs jobs_refunds_within_amount and jobs_capture_within_amount back it).
 UPDATE jobs
 SET refunded_amount = refunded_amount + %(amount)s
 WHERE id = %(id)s
   AND kind = 'charge'
   AND state = 'succeeded'
-  AND refunded_amount + %(amount)s <= amount
+  AND refunded_amount + %(amount)s <= COALESCE(captured_amount, amount)
+RETURNING *;
+
+-- name: take_settlements
+-- The oldest settles of the outbox, taken (deleted) and counted into job_settled_totals in
+-- one statement; the caller delivers them before it commits (at least once).
+WITH taken AS (
+    DELETE FROM job_settlements
+    WHERE id IN (SELECT id FROM job_settlements ORDER BY id
+                 LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING id, job_id, kind, provider, state, settled_at
+), counted AS (
+    INSERT INTO job_settled_totals (kind, provider, state, n)
+    SELECT kind, provider, state, count(*) FROM taken GROUP BY 1, 2, 3
+    ON CONFLICT (kind, provider, state) DO UPDATE SET n = job_settled_totals.n + EXCLUDED.n
+)
+SELECT job_id::text AS job_id, state::text AS state FROM taken ORDER BY id;
+
+-- name: count_settlements
+SELECT count(*) AS n FROM job_settlements;
+
+-- name: job_state
+SELECT state::text AS state FROM jobs WHERE id = %(id)s;
+
+-- name: insert_jobs_bulk
+-- charge_many (orchestrator.app.bulk): insert a whole batch in one statement. The batch comes
+-- as one JSON array of rows (keys unique within it): one parameter, parsed by the server,
+-- where arrays per column cost the client more to send. Returns the id and key of each row
+-- inserted; a key already taken is skipped (the caller reads those with jobs_by_keys and
+-- compares fingerprints, rolling back on a conflict, so the whole batch is written or none).
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+        AS b(kind text, provider text, idempotency_key text, fingerprint text, amount bigint,
+             currency text, customer text, payment_method text, parent_job_id uuid,
+             params jsonb)
+)
+INSERT INTO jobs (kind, provider, idempotency_key, fingerprint, amount, currency, customer,
+                  payment_method, parent_job_id, params, max_attempts, deadline_at,
+                  changed_by, change_reason, dispatched_at)
+SELECT kind::job_kind, provider, idempotency_key, fingerprint, amount, currency, customer,
+       payment_method, parent_job_id, params, %(max_attempts)s,
+       now() + make_interval(secs => %(horizon_s)s), %(changed_by)s, 'accepted', now()
+FROM batch
+-- One lock order for every batch: two batches sharing keys wait, never deadlock.
+ORDER BY idempotency_key
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, idempotency_key;
+
+-- name: jobs_by_keys
+SELECT * FROM jobs WHERE idempotency_key = ANY(%(keys)s::text[]);
+
+-- name: notify_dispatch_many
+-- notify_dispatch for a batch, in one statement (delivered at the caller's commit).
+SELECT count(pg_notify('orchestrator_dispatch', id::text)) AS n
+FROM unnest(%(ids)s::uuid[]) AS id;
+
+-- name: open_transaction
+-- On a caller's connection that is not in autocommit and has no transaction open yet: opens
+-- its implicit transaction, so that our work becomes a savepoint of it (left for the caller
+-- to commit) rather than a transaction of its own, committed behind the caller's back.
+SELECT 1 AS opened;
+
+-- name: reserve_capture
+-- orch.capture(), inside its transaction, the charge locked: reserve the capture's amount on an
+-- uncaptured authorization that is not past its deadline and has no live or succeeded capture
+-- or void (jobs_capture_within_amount and jobs_one_live_settler_idx back it).
+UPDATE jobs
+SET capture_reserved = %(amount)s
+WHERE id = %(id)s
+  AND kind = 'charge'
+  AND state = 'succeeded'
+  AND captured_amount = 0
+  AND capture_reserved = 0
+  AND %(amount)s <= amount
+  AND capture_before > now()
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs s
+      WHERE s.parent_job_id = %(id)s AND s.kind IN ('capture', 'void')
+        AND s.state NOT IN ('failed', 'cancelled'))
+RETURNING *;
+
+-- name: live_settler
+-- The charge's capture or void job that is live or succeeded (at most one), if any.
+SELECT * FROM jobs
+WHERE parent_job_id = %(id)s AND kind IN ('capture', 'void')
+  AND state NOT IN ('failed', 'cancelled')
+LIMIT 1;
+
+-- name: count_voids
+-- Void jobs a charge has had (each ended failed or cancelled but the live one): the next one's
+-- key is numbered after them.
+SELECT count(*) AS n FROM jobs WHERE parent_job_id = %(id)s AND kind = 'void';
+
+-- name: cancel_job
+-- orch.cancel(): compare-and-set, only out of pending or retrying (a running job is held by a
+-- worker whose provider call may be in flight). Never while the provider may hold a result for
+-- the job's current key: an ambiguous attempt under the current key generation, a same-key
+-- resend after no response (%(same_key_reason)s), or a stored success event not processed yet.
+UPDATE jobs
+SET state = 'cancelled',
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    changed_by = %(actor)s,
+    change_reason = %(reason)s
+WHERE id = %(id)s
+  AND state IN ('pending', 'retrying')
+  AND NOT (state = 'retrying' AND change_reason = %(same_key_reason)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM job_attempts a
+      WHERE a.job_id = jobs.id AND a.key_generation = jobs.key_generation
+        AND a.outcome = 'ambiguous')
+  AND NOT EXISTS (
+      SELECT 1 FROM webhook_events e
+      WHERE e.subject_job_id = jobs.id AND e.status = 'received' AND e.reports_success)
 RETURNING *;

@@ -9,6 +9,7 @@ MODULES: tuple[str, ...] = (
     "orchestrator.dev.benchmarks.charges",
     "orchestrator.dev.benchmarks.webhooks",
     "orchestrator.dev.benchmarks.breaker",
+    "orchestrator.dev.benchmarks.bulk",
 )
 
 __all__ = ["MODULES"]
