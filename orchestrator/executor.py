@@ -59,6 +59,10 @@ LOOKUP_RETRY_S = 5.0
 # a whole retry horizon. An unknown/processing job of such a provider is looked at again after
 # this long.
 UNCONFIGURED_RECHECK_S = 300.0
+# The reason of a retry with the same key after an attempt got no response: the provider may
+# hold that attempt's result under the key, so such a job is not cancelled (queries:
+# cancel_job) until it has run again.
+SAME_KEY_RESEND = "resend with the same key after no response"
 
 
 def provider_key(job: Job, generation: int | None = None) -> str:
@@ -199,7 +203,7 @@ def decide_lookup(
     if job.unknown_cause != "server_error" and honours_keys and can_attempt:
         # Nothing came back, so nothing was saved against the key: the same key either
         # replays the stored result or executes for the first time. Safe without proof.
-        return Decision(JobState.RETRYING, "resend with the same key after no response")
+        return Decision(JobState.RETRYING, SAME_KEY_RESEND)
     last = last_finished_at or job.last_attempt_at or job.updated_at
     waited = (now - last).total_seconds()
     if not consistent and waited < search_grace_s:

@@ -156,7 +156,7 @@ MAX_DESCRIPTOR_SUFFIX_CHARS = 22
 MAX_RETURN_URL_CHARS = 2048
 MAX_PAYMENT_METHOD_TYPES = 30
 _ACCOUNT_RE = re.compile(r"^acct_[A-Za-z0-9]{1,250}$")
-_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s\x00-\x1f\x7f]+$")
 _DESCRIPTOR_RE = re.compile(r"^[\x20-\x7e]+$")
 _PM_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -180,9 +180,9 @@ def charge_options(amount_minor: int, options: Mapping[str, Any]) -> dict[str, A
                 f"return_url must be an absolute URL of at most {MAX_RETURN_URL_CHARS} characters"
             )
         out["return_url"] = url
-    if (method := options.get("capture_method")) is not None:
-        if method not in CAPTURE_METHODS:
-            raise ValidationError(f"capture_method must be one of {', '.join(CAPTURE_METHODS)}")
+    if (
+        method := capture_method(options.get("capture"), options.get("capture_method"))
+    ) is not None:
         out["capture_method"] = method
     if (suffix := options.get("statement_descriptor_suffix")) is not None:
         out["statement_descriptor_suffix"] = _descriptor_suffix(suffix)
@@ -205,6 +205,25 @@ def charge_options(amount_minor: int, options: Mapping[str, Any]) -> dict[str, A
             )
         out["application_fee_amount"] = fee
     return out
+
+
+def capture_method(capture: object, method: object) -> str | None:
+    """The ``capture_method`` of a charge from ``capture`` (None: not said) and the
+    pass-through ``capture_method``: ``capture=False`` is ``capture_method="manual"``
+    (authorize only), ``capture=True`` any automatic method; contradictions are refused."""
+    if method is not None and method not in CAPTURE_METHODS:
+        raise ValidationError(f"capture_method must be one of {', '.join(CAPTURE_METHODS)}")
+    if capture is None:
+        return None if method is None else str(method)
+    if not isinstance(capture, bool):
+        raise ValidationError("capture must be True or False")
+    if capture is False:
+        if method not in (None, "manual"):
+            raise ValidationError(f"capture=False contradicts capture_method={method!r}")
+        return "manual"
+    if method == "manual":
+        raise ValidationError("capture=True contradicts capture_method='manual'")
+    return None if method is None else str(method)
 
 
 def _descriptor_suffix(value: object) -> str:

@@ -12,11 +12,12 @@ from orchestrator.cli.common import (
     UsageError,
     add_filters,
     add_paging,
-    add_show_job,
     command,
     group,
     list_jobs,
     open_orchestrator,
+    operations,
+    print_job_detail,
     print_json,
 )
 
@@ -54,7 +55,9 @@ def register(commands: Commands) -> None:
     p.add_argument("--json", action="store_true")
 
     jobs = group(commands, "jobs", "inspect jobs")
-    add_show_job(jobs)
+    p = command(jobs, "show", cmd_jobs_show, "one job: attempts, transitions, operator actions")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
     p = command(jobs, "list", cmd_jobs_list, "jobs, newest first, filtered and paged")
     p.add_argument("--state")
     add_filters(p)
@@ -130,3 +133,32 @@ def _print_enqueued(args: argparse.Namespace, job: Job, summary: str) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     return list_jobs(args, dead=False)
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    """``jobs show``: as ``dlq show``, plus where an authorization stands (JSON: the job's
+    ``captured``, ``captured_amount``, ``capture_before`` fields)."""
+    with open_orchestrator() as orch:
+        detail = operations(orch).show(args.job_id)
+    print_job_detail(detail, as_json=args.json)
+    line = capture_line(detail.job)
+    if line and not args.json:
+        print(line)
+    return EXIT_OK
+
+
+def capture_line(job: Job) -> str | None:
+    """One line on a charge made with ``capture=False``: authorized (and until when), captured
+    (how much), or voided."""
+    if job.captured_amount is None:
+        return None
+    if job.captured_amount > 0:
+        return f"  captured {job.captured_amount} of {job.amount} {job.currency} authorized"
+    deadline = f"{job.capture_before:%Y-%m-%d %H:%M:%S %Z}" if job.capture_before else "-"
+    if job.state != "succeeded":
+        return f"  authorization of {job.amount} {job.currency} released ({job.state})"
+    in_flight = f", capture of {job.capture_reserved} in flight" if job.capture_reserved else ""
+    return (
+        f"  authorized {job.amount} {job.currency}, not captured{in_flight}; "
+        f"capture before {deadline}"
+    )

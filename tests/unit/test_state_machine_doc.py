@@ -57,4 +57,4 @@ def test_every_function_named_on_an_arrow_exists() -> None:
 def test_the_schema_parser_reads_the_whole_graph() -> None:
     """The parser above sees every state's row (so the equality test can fail)."""
     froms = {a for a, _ in schema_edges()}
-    assert froms == {"pending", "running", "retrying", "unknown", "processing", "dead"}
+    assert froms == {"pending", "running", "retrying", "unknown", "processing", "dead", "succeeded"}

@@ -90,3 +90,11 @@ def test_nul_characters_are_a_validation_error(check: Any, value: str) -> None:
     """PostgreSQL text holds no NUL: refused as a ValidationError, not a database error."""
     with pytest.raises(ValidationError, match="NUL"):
         check(value)
+
+
+@pytest.mark.parametrize("url", ["https://shop.example/r\x00", "https://shop.example/\x01x"])
+def test_return_url_with_control_characters_is_refused(url: str) -> None:
+    """A NUL (which PostgreSQL's jsonb cannot hold) or another control character in return_url
+    is bad input, refused before anything is written."""
+    with pytest.raises(ValidationError, match="return_url"):
+        v.charge_options(1000, {"return_url": url})

@@ -59,8 +59,15 @@ OFF_SESSION_AUTHENTICATION_REQUIRED = CardOutcome(
 )
 
 
+# Stripe cancels an uncaptured PaymentIntent when its authorization expires: 7 days for
+# online card payments ("Place a hold on a payment method"; the status becomes canceled).
+AUTHORIZATION_WINDOW_S = 7 * 24 * 3600
+
+
 def settle(state: State, record: PaymentIntentRecord, now_mono: float) -> None:
-    """Lazily move a ``processing`` intent to its final status (lock held; simulated clock)."""
+    """Lazily move a ``processing`` intent to its final status, and cancel an authorization
+    past its window (lock held; simulated clock)."""
+    _expire_authorization(state, record.obj)
     if record.settle_at_mono is None or now_mono < record.settle_at_mono:
         return
     record.settle_at_mono = None
@@ -75,6 +82,21 @@ def settle(state: State, record: PaymentIntentRecord, now_mono: float) -> None:
         emit(state, "payment_intent.payment_failed", obj)
         return
     emit(state, mark_succeeded(state, obj), obj)
+
+
+def _expire_authorization(state: State, obj: dict[str, Any]) -> None:
+    """An intent still ``requires_capture`` when its authorization window has passed is
+    canceled by Stripe itself (``cancellation_reason`` automatic); the hold is released."""
+    if obj["status"] != "requires_capture":
+        return
+    expires_at = int(obj["created"]) + AUTHORIZATION_WINDOW_S
+    if state.now() < expires_at:
+        return
+    obj["status"] = "canceled"
+    obj["canceled_at"] = expires_at
+    obj["cancellation_reason"] = "automatic"
+    obj["amount_capturable"] = 0
+    emit(state, "payment_intent.canceled", obj)
 
 
 def mark_succeeded(state: State, obj: dict[str, Any]) -> str:

@@ -113,6 +113,13 @@ def _error_body(exc: stripe.StripeError) -> Mapping[str, Any]:
     return error if isinstance(error, Mapping) else {}
 
 
+def intent_of_error(exc: stripe.StripeError) -> Mapping[str, Any] | None:
+    """The PaymentIntent an error body carries (Stripe includes it in card errors and in
+    ``payment_intent_unexpected_state``), or None."""
+    intent = _error_body(exc).get("payment_intent")
+    return intent if isinstance(intent, Mapping) and "id" in intent and "status" in intent else None
+
+
 def _intent_id_of(exc: stripe.CardError) -> str | None:
     intent = _error_body(exc).get("payment_intent")
     ref = intent.get("id") if isinstance(intent, Mapping) else None

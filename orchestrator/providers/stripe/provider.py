@@ -1,4 +1,5 @@
-"""Stripe, through the official SDK: charges as confirmed PaymentIntents, and Refunds.
+"""Stripe, through the official SDK: charges as confirmed PaymentIntents, Refunds, and the
+capture and cancel (void) of an authorized PaymentIntent.
 
 Every call carries the orchestrator's own deterministic idempotency key and explicit
 timeouts; the SDK's own retries stay off (they would invent a random key per call).
@@ -18,17 +19,21 @@ from orchestrator.ops.ledger import ProviderObject
 from orchestrator.providers.base import NO_RESPONSE, Outcome
 from orchestrator.providers.http import clip
 from orchestrator.providers.stripe import audit
-from orchestrator.providers.stripe.errors import classify_error
+from orchestrator.providers.stripe.errors import classify_error, intent_of_error
 from orchestrator.providers.stripe.objects import (
     REFUND_RANK,
     best_intent,
+    capture_params,
     charge_params,
     job_id_of,
     json_object,
+    outcome_of_capture,
     outcome_of_intent,
     outcome_of_refund,
+    outcome_of_void,
     refund_params,
     request_id,
+    void_params,
 )
 from orchestrator.providers.stripe.transport import http_client_for
 from orchestrator.validation import JOB_ID_METADATA_KEY
@@ -65,12 +70,14 @@ class StripeProvider:
     # -- execute ---------------------------------------------------------------------------
 
     def execute(self, job: Job, idempotency_key: str) -> Outcome:
-        if job.kind not in (JobKind.CHARGE, JobKind.REFUND):
+        if job.kind not in _KINDS:
             raise NotImplementedError(f"stripe does not execute {job.kind} jobs")
         try:
+            if job.kind in (JobKind.CAPTURE, JobKind.VOID):
+                return self._settle_authorization(job, idempotency_key)
             return self._create(job, idempotency_key)
         except stripe.StripeError as exc:
-            return classify_error(exc)
+            return _already_done(job, exc) or classify_error(exc)
         except Exception as exc:  # a bug or an unexpected library failure mid-call
             return Outcome(
                 AttemptOutcome.AMBIGUOUS,
@@ -97,17 +104,39 @@ class StripeProvider:
         )
         return outcome_of_intent(json_object(response), response.request_id)
 
+    def _settle_authorization(self, job: Job, idempotency_key: str) -> Outcome:
+        """Capture (``amount_to_capture``) or cancel the charge's PaymentIntent, with the
+        capture or void job's own key; the answer is the PaymentIntent."""
+        options: dict[str, Any] = {"idempotency_key": idempotency_key, **_account(job)}
+        if job.kind is JobKind.CAPTURE:
+            path = f"/v1/payment_intents/{job.params['payment_intent']}/capture"
+            response = self._client.raw_request("post", path, **capture_params(job), **options)
+            outcome = outcome_of_capture(json_object(response), job, response.request_id)
+        else:
+            path = f"/v1/payment_intents/{job.params['payment_intent']}/cancel"
+            response = self._client.raw_request("post", path, **void_params(job), **options)
+            outcome = outcome_of_void(json_object(response), response.request_id)
+        assert outcome is not None  # only a lookup answers "nothing made"
+        return outcome
+
     # -- lookup ----------------------------------------------------------------------------
 
     def lookup_is_consistent(self, job: Job) -> bool:
         """Whether "nothing found" proves that nothing exists, now: a retrieve by id and a
         list (by customer, or a payment intent's refunds) read Stripe's own records; a search,
-        the only way to find a customerless charge, lags by up to an hour during incidents."""
-        return bool(job.provider_ref or job.customer or job.kind is JobKind.REFUND)
+        the only way to find a customerless charge, lags by up to an hour during incidents.
+        A capture or void is judged on the PaymentIntent, retrieved by id."""
+        return bool(
+            job.provider_ref
+            or job.customer
+            or job.kind in (JobKind.REFUND, JobKind.CAPTURE, JobKind.VOID)
+        )
 
     def lookup(self, job: Job) -> Outcome | None:
         if job.kind is JobKind.REFUND:
             return self._lookup_refund(job)
+        if job.kind in (JobKind.CAPTURE, JobKind.VOID):
+            return self._lookup_authorization(job)
         options = _account(job)
         try:
             if job.provider_ref:
@@ -154,12 +183,45 @@ class StripeProvider:
         mine.sort(key=lambda r: (REFUND_RANK.get(str(r.status), 2), r.created))
         return outcome_of_refund(mine[0].to_dict(), None)
 
+    def _lookup_authorization(self, job: Job) -> Outcome | None:
+        """Retrieve the charge's PaymentIntent and judge the capture or void by its status and
+        amount_received: still requires_capture means the call made nothing (None)."""
+        try:
+            intent = self._client.v1.payment_intents.retrieve(
+                job.params["payment_intent"], options=_account(job)
+            ).to_dict()
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"stripe lookup failed: {type(exc).__name__}") from exc
+        if job.kind is JobKind.CAPTURE:
+            return outcome_of_capture(intent, job, None, lookup=True)
+        return outcome_of_void(intent, None, lookup=True)
+
     # -- audit -----------------------------------------------------------------------------
 
     def list_objects(self, since: datetime, account: str | None) -> list[ProviderObject]:
         """Every PaymentIntent and Refund naming a job, created since ``since`` in ``account``
         (None: the platform), through Stripe's consistent lists (the ledger audit)."""
         return audit.list_objects(self._client, since, account)
+
+
+_KINDS = (JobKind.CHARGE, JobKind.REFUND, JobKind.CAPTURE, JobKind.VOID)
+
+
+def _already_done(job: Job, exc: stripe.StripeError) -> Outcome | None:
+    """A capture or cancel Stripe refuses because the PaymentIntent is already where the job
+    wanted it (captured with this amount, or canceled: by an earlier attempt, or an expired
+    authorization) is the job's success, read from the intent in the error."""
+    if job.kind not in (JobKind.CAPTURE, JobKind.VOID):
+        return None
+    intent = intent_of_error(exc)
+    if intent is None or exc.code != "payment_intent_unexpected_state":
+        return None
+    found = (
+        outcome_of_capture(intent, job, exc.request_id)
+        if job.kind is JobKind.CAPTURE
+        else outcome_of_void(intent, exc.request_id)
+    )
+    return found if found is not None and found.kind is AttemptOutcome.SUCCEEDED else None
 
 
 def _account(job: Job) -> RequestOptions:
