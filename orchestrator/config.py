@@ -7,6 +7,8 @@ names the variable (never its value); the CLI turns that into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -29,6 +31,20 @@ MAX_RETRY_HORIZON_S = 20 * 3600
 # (e.g. `python -c "import secrets; print(secrets.token_urlsafe(32))"`).
 MIN_OPS_TOKEN_CHARS = 32
 
+ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_proxies(text: str) -> tuple[ProxyNetwork, ...]:
+    """``"10.0.0.5, 10.1.0.0/16, ::1"`` -> the networks whose direct connections may set
+    ``X-Forwarded-For`` / ``X-Forwarded-Proto`` (a bare address is a /32 or /128)."""
+    networks: list[ProxyNetwork] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"expected IP addresses or CIDR networks, got {part!r}") from None
+    return tuple(networks)
+
 
 def parse_rate_limits(text: str) -> dict[str, float]:
     """``"stripe=100,sendgrid=600"`` -> {"stripe": 100.0, "sendgrid": 600.0} (calls per s)."""
@@ -43,6 +59,37 @@ def parse_rate_limits(text: str) -> dict[str, float]:
             raise ValueError(f"expected PROVIDER=CALLS_PER_S, got {part!r}")
         limits[name.strip()] = rate
     return limits
+
+
+def parse_settle_hooks(text: str) -> list[tuple[str, str]]:
+    """``"billing:order_paid,notify"`` -> [("billing", "order_paid"), ("default", "notify")]:
+    dramatiq actors (``QUEUE:ACTOR``; the queue defaults to ``default``) told of every settle."""
+    hooks: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        queue, sep, actor = part.rpartition(":")
+        queue = queue if sep else "default"
+        if not (_NAME_RE.fullmatch(queue) and _NAME_RE.fullmatch(actor)):
+            raise ValueError(f"expected QUEUE:ACTOR or ACTOR, got {part!r}")
+        hooks.append((queue, actor))
+    return hooks
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` -> ("127.0.0.1", 9100); ``"[::1]:9100"`` -> ("::1", 9100)."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets: [::1]:9100
+    valid_host = bool(host) and all(c.isalnum() or c in ".-_:" for c in host) and host.isascii()
+    if not sep or not valid_host or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9100), got {text!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port}")
+    return host, int(port)
 
 
 def _env(name: str) -> AliasChoices:
@@ -71,6 +118,22 @@ class Settings(BaseSettings):
     # The sender of orch.send_email() when the call names none (a verified SendGrid sender).
     email_from: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_EMAIL_FROM"))
     ops_token: SecretStr | None = Field(None, validation_alias=_env("ORCHESTRATOR_OPS_TOKEN"))
+    # The app HTTP API (/api/v1, orchestrator.app.http) for services in other languages:
+    # `Authorization: Bearer <token>`, 32+ characters, never the ops token. Unset: refused.
+    api_token: SecretStr | None = Field(None, validation_alias=_env("ORCHESTRATOR_API_TOKEN"))
+    # The dashboard's public address; https://... marks its session cookie Secure always (the
+    # web process behind a TLS-terminating proxy sees plain http).
+    public_url: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_PUBLIC_URL"))
+    # Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For / X-Forwarded-Proto the ops
+    # web surface believes, and only when one of them is the direct peer. Empty: nobody's.
+    trusted_proxies: str = Field("", validation_alias=_env("ORCHESTRATOR_TRUSTED_PROXIES"))
+    # /metrics: when set, a scrape needs `Authorization: Bearer <token>` (32+ characters).
+    metrics_token: SecretStr | None = Field(
+        None, validation_alias=_env("ORCHESTRATOR_METRICS_TOKEN")
+    )
+    # /metrics served only on this HOST:PORT (a second listener of `orchestrator web`), e.g.
+    # 127.0.0.1:9100 or [::1]:9100; the main app's /metrics then answers 404.
+    metrics_bind: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_METRICS_BIND"))
 
     # Attempts per job, counting every provider call (a retry with the same key included).
     max_attempts: int = Field(8, ge=1, le=100, validation_alias=_env("ORCHESTRATOR_MAX_ATTEMPTS"))
@@ -196,6 +259,9 @@ class Settings(BaseSettings):
     queue_name: str = Field(
         "orchestrator", min_length=1, max_length=64, validation_alias=_env("ORCHESTRATOR_QUEUE")
     )
+    # Settlement hooks: dramatiq actors of the application ("QUEUE:ACTOR,..."), each sent
+    # (job_id, state) at least once per settle, after it committed (the clock's outbox drain).
+    settle_hooks: str = Field("", validation_alias=_env("ORCHESTRATOR_SETTLE_HOOKS"))
     redis_namespace: str = Field(
         "dramatiq",
         min_length=1,
@@ -229,6 +295,12 @@ class Settings(BaseSettings):
         parse_rate_limits(value)
         return value
 
+    @field_validator("settle_hooks")
+    @classmethod
+    def _settle_hooks(cls, value: str) -> str:
+        parse_settle_hooks(value)
+        return value
+
     @field_validator("breaker_min_calls")
     @classmethod
     def _min_calls_fit_window(cls, value: int, info: ValidationInfo) -> int:
@@ -252,12 +324,53 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// URL")
         return value.rstrip("/")
 
-    @field_validator("ops_token")
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme, sep, rest = value.strip().partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not rest.strip("/"):
+            raise ValueError("must be an http(s)://HOST URL")
+        return value.strip().rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        parse_trusted_proxies(value)
+        return value
+
+    @field_validator("ops_token", "metrics_token")
     @classmethod
     def _long_ops_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_OPS_TOKEN_CHARS:
             raise ValueError(f"must be at least {MIN_OPS_TOKEN_CHARS} characters")
         return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return value
+        if len(value.get_secret_value()) < MIN_OPS_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_OPS_TOKEN_CHARS} characters")
+        ops = info.data.get("ops_token")
+        if ops is not None and ops.get_secret_value() == value.get_secret_value():
+            raise ValueError("must differ from ORCHESTRATOR_OPS_TOKEN")
+        return value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, port = parse_bind(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def metrics_bind_address(self) -> tuple[str, int] | None:
+        """ORCHESTRATOR_METRICS_BIND as (host, port), None when /metrics stays on the app."""
+        return parse_bind(self.metrics_bind) if self.metrics_bind else None
 
     @field_validator("email_from")
     @classmethod

@@ -1,47 +1,28 @@
 """The ``web`` process: ASGI app with ``/healthz`` (liveness: the process answers),
-``/readyz`` (readiness: PostgreSQL and Redis answer), ``/metrics``, ``POST /webhooks/stripe``
-and the ops routes."""
+``/readyz`` (readiness: PostgreSQL and Redis answer), ``/metrics``, ``POST /webhooks/stripe``,
+the ops routes (``/ops/``) and the app HTTP API (``/api/v1``)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import AsyncIterator
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.api import Orchestrator
-from orchestrator.breaker import BreakerCollector, SharedBreaker
-from orchestrator.db import Store
+from orchestrator.app.http import api_routes
+from orchestrator.breaker import SharedBreaker
 from orchestrator.maintenance.deadletters import recent_dead_letters
-from orchestrator.models import JobState
 from orchestrator.ops.health import READY_TIMEOUT_S, Readiness
 from orchestrator.ops.heartbeats import FleetStatus, heartbeat_client
 from orchestrator.ops.http import ops_routes
-from orchestrator.ops.metrics import OpsCollector
+from orchestrator.ops.metrics import metrics_endpoint, metrics_registry
 from orchestrator.ops.service import Operations
 from orchestrator.providers.stripe.webhooks import stripe_endpoint
-
-
-class JobsCollector(Collector):
-    """Jobs by state, read from PostgreSQL at scrape time (the truth, shared by all hosts)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def collect(self) -> Any:
-        gauge = GaugeMetricFamily("orchestrator_jobs", "Jobs by state", labels=["state"])
-        counts = self.store.count_by_state()
-        for state in JobState:
-            gauge.add_metric([str(state)], counts.get(str(state), 0))
-        yield gauge
 
 
 def create_app(orch: Orchestrator | None = None) -> Starlette:
@@ -49,17 +30,33 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     settings = orchestrator.settings
     # One shared breaker (and Redis pool) serves /metrics and /ops/api/breaker alike.
     breaker = SharedBreaker.from_settings(settings)
-    registry = CollectorRegistry()
-    registry.register(JobsCollector(orchestrator.store))
-    registry.register(OpsCollector(orchestrator.store, orchestrator.ops_store, settings))
-    registry.register(BreakerCollector(breaker))
+    registry = metrics_registry(orchestrator, breaker)
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    # With ORCHESTRATOR_METRICS_BIND, /metrics is served only there (`orchestrator web` starts
+    # that listener over app.state.metrics_registry): here it answers 404.
+    metrics = (
+        []
+        if settings.metrics_bind
+        else [Route("/metrics", metrics_endpoint(registry, metrics_token))]
+    )
     fleet = FleetStatus(settings)
+    sessions_redis = heartbeat_client(settings.redis_url)
     ops = ops_routes(
         Operations.from_orchestrator(orchestrator),
         token=settings.ops_token.get_secret_value() if settings.ops_token else None,
         breaker=breaker,
         dead_letters=functools.partial(recent_dead_letters, orchestrator),
         fleet=fleet,
+        # Dashboard sessions and sign-in counters (short timeouts: a silent Redis fails closed).
+        redis_client=sessions_redis,
+        namespace=settings.redis_namespace,
+        public_url=settings.public_url,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    # The app HTTP API (/api/v1) for services in other languages: its own bearer token.
+    app_api = api_routes(
+        orchestrator,
+        token=settings.api_token.get_secret_value() if settings.api_token else None,
     )
     ready_redis = heartbeat_client(settings.redis_url, READY_TIMEOUT_S)
     readiness = Readiness({"postgres": orchestrator.ops_store.now, "redis": ready_redis.ping})
@@ -74,25 +71,26 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
         ok, answers = await readiness()
         return JSONResponse(answers, status_code=200 if ok else 503)
 
-    def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         readiness.close()
         ready_redis.close()
+        sessions_redis.close()
         fleet.close()
         if orch is None:  # built here, once per process: release its pool on shutdown
             orchestrator.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics),
+            *metrics,
             Route("/webhooks/stripe", stripe_endpoint(orchestrator), methods=["POST"]),
             *ops,
+            *app_api,
         ],
         lifespan=lifespan,
     )
+    app.state.metrics_registry = registry  # for the separate /metrics listener
+    return app

@@ -177,7 +177,15 @@ def worker(orch: Any) -> Iterator[Any]:
     w = dramatiq.Worker(orch.broker, worker_threads=8, worker_timeout=50)
     w.start()
     yield w
+    stop_worker(w)
+
+
+def stop_worker(w: Any) -> None:
+    """Stop a dramatiq worker and take its middleware off the (session-wide) broker: left
+    there, a stopped worker would start a consumer for every queue declared later and
+    swallow that queue's messages."""
     w.stop(timeout=10_000)
+    w.broker.middleware[:] = [m for m in w.broker.middleware if getattr(m, "worker", None) is not w]
 
 
 def wait_until(
@@ -265,3 +273,22 @@ def create_intent_elsewhere(
         },
         options={"stripe_account": stripe_account} if stripe_account else {},
     )
+
+
+def seed_dead_job(orch: Any, key: str) -> str:
+    """One dead charge whose key never reached the provider (a replay keeps it): its id."""
+    with psycopg.connect(orch.settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, amount,
+                              currency, payment_method, max_attempts, deadline_at, dead_reason,
+                              last_error_code, changed_by, change_reason)
+            VALUES ('charge', 'stripe', 'dead', %s, repeat('b', 64), 500, 'usd', 'pm_card_visa',
+                    3, now() + interval '1 hour', 'attempts_exhausted', 'rate_limited', 'test',
+                    'seeded dead')
+            RETURNING id
+            """,
+            (key,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])

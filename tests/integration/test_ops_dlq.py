@@ -23,7 +23,14 @@ from orchestrator.maintenance.clock import Clock
 from orchestrator.ops.filters import JobFilter
 from orchestrator.ops.replay import ReplayAction
 from orchestrator.ops.service import Operations
-from tests.conftest import cli_main, count_jobs, orchestrator_like, truncate, wait_until
+from tests.conftest import (
+    cli_main,
+    count_jobs,
+    orchestrator_like,
+    stop_worker,
+    truncate,
+    wait_until,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -393,7 +400,7 @@ def test_bulk_replay_of_1000_dead_charges_after_the_fault_is_fixed(
         wait_until(lambda: count_jobs(orch, "succeeded") == 1000, timeout_s=90, poll_s=0.5)
         done_s = time.perf_counter() - started
     finally:
-        worker.stop(timeout=10_000)
+        stop_worker(worker)
     print(
         f"1000 dead in {died_s:.1f}s; replayed in {replay_s:.1f}s; "
         f"all succeeded {done_s:.1f}s after the replay began"

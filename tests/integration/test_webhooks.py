@@ -29,7 +29,7 @@ from orchestrator.models import JobState, WebhookEvent
 from orchestrator.web import create_app
 from orchestrator.webhooks.listing import get_event, list_events
 from orchestrator.webhooks.process import process_event
-from tests.conftest import create_intent_elsewhere, orchestrator_like, wait_until
+from tests.conftest import create_intent_elsewhere, orchestrator_like, stop_worker, wait_until
 
 SECRET_OLD = "whsec_suiteOldSecret0001"
 SECRET_NEW = "whsec_suiteNewSecret0002"
@@ -385,7 +385,7 @@ def test_clock_resends_events_whose_message_was_lost(orch: Any, web: Web, simula
     try:
         wait_until(lambda: get_event(orch, row.event_id).status == "processed")
     finally:
-        worker.stop(timeout=10_000)
+        stop_worker(worker)
     assert orch.job(job.id).state is JobState.SUCCEEDED
 
 
