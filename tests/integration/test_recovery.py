@@ -63,9 +63,11 @@ def _assert_one_intent_per_job(simulator: Any, jobs: list[Any], orch: Any) -> No
 def test_worker_sigkilled_mid_flight_then_restarted(
     fast_orch: Any, simulator: Any, tmp_path: Path
 ) -> None:
-    """SIGKILL the worker with charges in flight (300 ms provider latency), restart it: all 100
-    succeed with one PaymentIntent each (expired leases -> unknown -> resolved by lookup)."""
-    simulator.set_faults("stripe", latency_ms=300)
+    """SIGKILL the worker with charges in flight (1 s provider latency: a loaded machine may
+    pause this test for longer than a shorter call, which would let every call finish before
+    the kill), restart it: all 100 succeed with one PaymentIntent each (expired leases ->
+    unknown -> resolved by lookup)."""
+    simulator.set_faults("stripe", latency_ms=1000)
     env = settings_env(fast_orch.settings)
     jobs = _enqueue(fast_orch, 100, "kill")
     with spawn(worker_args(1, 8), env, tmp_path / "w1.log") as first:
