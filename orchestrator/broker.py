@@ -11,10 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
-import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from orchestrator.background import Batcher
+from orchestrator.brokers import build_broker
+from orchestrator.brokers.redis_broker import (  # re-exported: benchmarks and tools use them
+    HEARTBEAT_TIMEOUT_MS as HEARTBEAT_TIMEOUT_MS,
+)
+from orchestrator.brokers.redis_broker import MAINTENANCE_CHANCE as MAINTENANCE_CHANCE
+from orchestrator.brokers.redis_broker import redis_for as redis_for
 from orchestrator.config import Settings
 from orchestrator.logs import get_logger
 
@@ -23,12 +27,6 @@ log = get_logger(__name__)
 EXECUTE_ACTOR = "execute_job"
 # The worker's actor that processes one stored provider webhook event (actors/webhooks.py).
 PROCESS_ACTOR = "process_webhook_event"
-# A worker that stops heartbeating for this long has its unacked messages requeued by
-# maintenance. Postgres leases are the real guard; this only makes redelivery prompt.
-HEARTBEAT_TIMEOUT_MS = 15_000
-# Maintenance (requeueing dead workers' messages) runs on 1 in N broker calls; dramatiq's
-# default of 1000 leaves a killed worker's messages stranded for minutes on a quiet queue.
-MAINTENANCE_CHANCE = 100
 # How long closing an Orchestrator waits for messages still being sent (s).
 FLUSH_TIMEOUT_S = 5.0
 # send_soon lets messages gather this long (s) before sending them together: one wake-up of
@@ -37,28 +35,12 @@ FLUSH_TIMEOUT_S = 5.0
 DISPATCH_GATHER_S = 0.005
 
 
-def redis_for(settings: Settings) -> redis.Redis:
-    """A Redis client with connect and read timeouts (``ORCHESTRATOR_REDIS_TIMEOUT_S``).
-
-    dramatiq's RedisBroker, given a URL, builds a pool that ignores socket options, so the
-    broker gets this client instead. Its consumers poll with a Lua script, never a blocking
-    command, so a read timeout only ever cuts a Redis that stopped answering."""
-    timeout_s = settings.redis_timeout_s
-    client: redis.Redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
-    return client
-
-
-def make_broker(settings: Settings, **overrides: Any) -> RedisBroker:
-    options: dict[str, Any] = {
-        "client": redis_for(settings),
-        "namespace": settings.redis_namespace,
-        "heartbeat_timeout": HEARTBEAT_TIMEOUT_MS,
-        "maintenance_chance": MAINTENANCE_CHANCE,
-        **overrides,
-    }
-    return RedisBroker(**options)  # type: ignore[no-untyped-call]
+def make_broker(settings: Settings, **overrides: Any) -> dramatiq.Broker:
+    """dramatiq's broker named by ORCHESTRATOR_BROKER_URL (default REDIS_URL): a RedisBroker
+    for redis:// URLs, a RabbitmqBroker with publisher confirms for amqp:// ones (built in
+    :mod:`orchestrator.brokers`, the one place that knows either). ``overrides`` go to the
+    broker class."""
+    return build_broker(settings, **overrides)
 
 
 class Dispatcher:
@@ -69,11 +51,28 @@ class Dispatcher:
     message that never goes out, because Redis is down or the process dies first, is sent by
     the clock's sweep once the dispatch grace has passed). ``flush`` waits for what was handed
     over; ``close`` flushes and stops the thread.
+
+    ``schedule`` is for a job due again later. PostgreSQL owns the schedule (the job's
+    ``next_attempt_at``): the broker carries only what is due within ``delay_window_s``
+    (``ORCHESTRATOR_BROKER_DELAY_WINDOW_S``) as a short delayed message; a later job gets no
+    message at all, and the clock dispatches it when it comes due. So no broker ever holds a
+    long-delayed message (RabbitMQ redelivers unacked ones after its consumer timeout, a
+    flushed Redis loses them).
     """
 
-    def __init__(self, broker: dramatiq.Broker, queue_name: str) -> None:
+    # ORCHESTRATOR_BROKER_DELAY_WINDOW_S's default (orchestrator.config).
+    DEFAULT_DELAY_WINDOW_S = 2.0
+
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        queue_name: str,
+        *,
+        delay_window_s: float = DEFAULT_DELAY_WINDOW_S,
+    ) -> None:
         self.broker = broker
         self.queue_name = queue_name
+        self.delay_window_s = delay_window_s
         self._soon = Batcher(
             self._send_each, name="orchestrator-dispatch", gather_s=DISPATCH_GATHER_S
         )
@@ -103,8 +102,24 @@ class Dispatcher:
                 log.warning("job.dispatch_deferred", job_id=job_id, error=type(exc).__name__)
 
     def send(self, job_id: str, delay_s: float = 0.0) -> None:
-        """Send ``execute_job(job_id)``, to run after ``delay_s``."""
+        """Send ``execute_job(job_id)`` now (a job due again later goes through ``schedule``)."""
         self.send_to(EXECUTE_ACTOR, job_id, delay_s=delay_s)
+
+    def carries(self, delay_s: float) -> bool:
+        """Whether ``schedule(job_id, delay_s)`` sends a message: only for a job due within the
+        window (now included). The caller records the answer in the job's row in the same
+        statement that sets its ``next_attempt_at`` (``broker_carries``: the row's
+        ``dispatched_at`` then says a message is on its way, and the clock leaves it alone)."""
+        return delay_s <= 0 or delay_s <= self.delay_window_s
+
+    def schedule(self, job_id: str, delay_s: float) -> bool:
+        """Have ``execute_job(job_id)`` run after ``delay_s``: a short broker delay within the
+        window, else nothing (the clock dispatches the job from PostgreSQL when it is due).
+        Returns whether a message was sent."""
+        if not self.carries(delay_s):
+            return False
+        self.send_to(EXECUTE_ACTOR, job_id, delay_s=max(delay_s, 0.0))
+        return True
 
     def send_to(
         self,

@@ -31,6 +31,9 @@ MAX_RETRY_HORIZON_S = 20 * 3600
 # (e.g. `python -c "import secrets; print(secrets.token_urlsafe(32))"`).
 MIN_OPS_TOKEN_CHARS = 32
 
+# The brokers ORCHESTRATOR_BROKER_URL may name (orchestrator.brokers picks the broker from it).
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")
+
 ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -105,6 +108,11 @@ class Settings(BaseSettings):
 
     database_url: str = Field(validation_alias=_env("DATABASE_URL"), min_length=1)
     redis_url: str = Field(validation_alias=_env("REDIS_URL"), min_length=1)
+    # Where dramatiq's messages go: redis://, rediss:// (dramatiq's RedisBroker) or amqp://,
+    # amqps:// (its RabbitmqBroker, publisher confirms on; pika's URL options such as
+    # ?heartbeat=30 are honoured). Unset: REDIS_URL. Redis (REDIS_URL) stays required whatever
+    # the broker: breaker, rate limits, heartbeats and dashboard sessions live there.
+    broker_url: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_BROKER_URL"))
 
     stripe_api_key: SecretStr | None = Field(None, validation_alias=_env("STRIPE_API_KEY"))
     stripe_api_base: str = Field("https://api.stripe.com", validation_alias=_env("STRIPE_API_BASE"))
@@ -195,6 +203,12 @@ class Settings(BaseSettings):
     clock_interval_s: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("ORCHESTRATOR_CLOCK_INTERVAL_S")
     )
+    # PostgreSQL owns the schedule: a job due again within this many seconds (a short backoff
+    # or poll) gets a broker-delayed message; a later one gets none, and the clock dispatches
+    # it from `next_attempt_at` when it comes due (0: the broker never holds a delayed message).
+    broker_delay_window_s: float = Field(
+        2.0, ge=0, le=60, validation_alias=_env("ORCHESTRATOR_BROKER_DELAY_WINDOW_S")
+    )
     # The clock audits the ledger against Stripe's lists this often (0: never); see
     # orchestrator.maintenance.audit.
     audit_interval_s: float = Field(
@@ -235,7 +249,8 @@ class Settings(BaseSettings):
     )
     # Connect and read timeout of every other Redis client (the broker's, the clock's dead
     # letter reads): a frozen Redis (not refusing, just silent) fails calls after this long
-    # instead of blocking the clock while it holds its lock, or web and worker threads.
+    # instead of blocking the clock while it holds its lock, or web and worker threads. On
+    # RabbitMQ it bounds connecting (socket and handshake) and a publisher blocked by an alarm.
     redis_timeout_s: float = Field(
         5.0, gt=0, le=60, validation_alias=_env("ORCHESTRATOR_REDIS_TIMEOUT_S")
     )
@@ -288,6 +303,20 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// URL")
         return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.strip().lower().startswith(BROKER_SCHEMES):
+            raise ValueError("must be a redis://, rediss://, amqp:// or amqps:// URL")
+        return value.strip()
+
+    @property
+    def dramatiq_broker_url(self) -> str:
+        """ORCHESTRATOR_BROKER_URL, or REDIS_URL when it is unset."""
+        return self.broker_url or self.redis_url
 
     @field_validator("rate_limits")
     @classmethod

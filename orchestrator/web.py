@@ -1,12 +1,12 @@
 """The ``web`` process: ASGI app with ``/healthz`` (liveness: the process answers),
-``/readyz`` (readiness: PostgreSQL and Redis answer), ``/metrics``, ``POST /webhooks/stripe``,
-the ops routes (``/ops/``) and the app HTTP API (``/api/v1``)."""
+``/readyz`` (readiness: PostgreSQL, Redis and a broker of its own answer), ``/metrics``,
+``POST /webhooks/stripe``, the ops routes (``/ops/``) and the app HTTP API (``/api/v1``)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,6 +16,7 @@ from starlette.routing import Route
 from orchestrator.api import Orchestrator
 from orchestrator.app.http import api_routes
 from orchestrator.breaker import SharedBreaker
+from orchestrator.brokers import broker_ops
 from orchestrator.maintenance.deadletters import recent_dead_letters
 from orchestrator.ops.health import READY_TIMEOUT_S, Readiness
 from orchestrator.ops.heartbeats import FleetStatus, heartbeat_client
@@ -59,7 +60,15 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
         token=settings.api_token.get_secret_value() if settings.api_token else None,
     )
     ready_redis = heartbeat_client(settings.redis_url, READY_TIMEOUT_S)
-    readiness = Readiness({"postgres": orchestrator.ops_store.now, "redis": ready_redis.ping})
+    checks: dict[str, Callable[[], object]] = {
+        "postgres": orchestrator.ops_store.now,
+        "redis": ready_redis.ping,
+    }
+    ready_broker = None
+    if settings.dramatiq_broker_url != settings.redis_url:  # a broker of its own: ask it too
+        ready_broker = broker_ops(settings, READY_TIMEOUT_S)
+        checks["broker"] = functools.partial(ready_broker.counts, settings.queue_name)
+    readiness = Readiness(checks)
 
     async def healthz(request: Request) -> Response:
         """Liveness: the process serves requests (nothing else is asked)."""
@@ -76,6 +85,8 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
         yield
         readiness.close()
         ready_redis.close()
+        if ready_broker is not None:
+            ready_broker.close()
         sessions_redis.close()
         fleet.close()
         if orch is None:  # built here, once per process: release its pool on shutdown

@@ -5,18 +5,31 @@ test) and a real Redis (a namespace per session), and the provider simulator ove
 Point them elsewhere with TEST_DATABASE_URL (a server-level URL; the session creates its own
 database there) and TEST_REDIS_URL. With neither set and nothing listening on 5432 / 6379 (or
 with TEST_FORCE_EMBEDDED=1), embedded PostgreSQL and Redis are started for the session.
+
+The broker is Redis unless TEST_BROKER_URL names a RabbitMQ (``amqp://guest:guest@127.0.0.1:
+5672/%2F``): then every orchestrator of the session sends its messages there (Redis still holds
+breaker state, rate limits and heartbeats). Each session gets a RabbitMQ virtual host of its
+own, ``orchestrator-<session tag>``, created with ``rabbitmqctl add_vhost`` (permissions for the
+URL's user) and deleted at the end, so parallel sessions never share a queue; the vhost of
+TEST_BROKER_URL's path is replaced by it. tests/integration/test_rabbitmq_broker.py uses the
+same kind of vhost on TEST_BROKER_URL's RabbitMQ, or the local one (``TEST_RABBITMQ_URL``,
+default amqp://guest:guest@127.0.0.1:5672/%2F), whatever the session's broker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import dramatiq.errors
 import psycopg
 import pytest
 import redis
@@ -29,6 +42,26 @@ TEST_DATABASE_URL, TEST_REDIS_URL = service_urls()
 STRIPE_TEST_KEY = "sk_test_orchestratorSuiteKey4242"
 SENDGRID_TEST_KEY = "SG.orchestratorSuite.key"
 SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+# The session's broker: RabbitMQ when TEST_BROKER_URL is an amqp:// URL, else Redis.
+TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "").strip()
+ON_RABBITMQ = TEST_BROKER_URL.startswith(("amqp://", "amqps://"))
+RABBITMQ_SERVER_URL = (
+    TEST_BROKER_URL
+    if ON_RABBITMQ
+    else os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+)
+RABBITMQ_VHOST = f"orchestrator-{SESSION_TAG}"
+# What a refused send raises, from either broker (dramatiq's ConnectionClosed on RabbitMQ).
+BROKER_CONNECTION_ERRORS = (redis.ConnectionError, dramatiq.errors.BrokerConnectionError)
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
+# The session's own vhost on RabbitMQ (created by the rabbitmq_url fixture).
+SESSION_RABBITMQ_URL = _with_vhost(RABBITMQ_SERVER_URL, RABBITMQ_VHOST)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -64,6 +97,30 @@ def _flush_namespace(namespace: str) -> None:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """An amqp:// URL of this session's own RabbitMQ vhost (created here, deleted at the end);
+    skips the test when RabbitMQ is not there (unless the session runs on it: then it fails)."""
+    from orchestrator.dev.devstack import port_open
+
+    parts = urlsplit(RABBITMQ_SERVER_URL)
+    reachable = port_open(parts.hostname or "127.0.0.1", parts.port or 5672)
+    if not (reachable and shutil.which("rabbitmqctl")):
+        if ON_RABBITMQ:
+            raise RuntimeError("TEST_BROKER_URL names a RabbitMQ that is not reachable")
+        pytest.skip("RabbitMQ (and rabbitmqctl) not available on this machine")
+    user = unquote(parts.username or "guest")
+    _rabbitmqctl("add_vhost", RABBITMQ_VHOST)
+    _rabbitmqctl("set_permissions", "-p", RABBITMQ_VHOST, user, ".*", ".*", ".*")
+    yield SESSION_RABBITMQ_URL
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        _rabbitmqctl("delete_vhost", RABBITMQ_VHOST)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +161,8 @@ def test_settings(database_url: str, redis_namespace: str, simulator_url: str, *
         "audit_interval_s": 0,
         "log_format": "json",
     }
+    if ON_RABBITMQ:  # else the broker follows redis_url, as tests that change it expect
+        values["broker_url"] = SESSION_RABBITMQ_URL
     values.update(extra)
     return load_settings(**values)
 
@@ -127,12 +186,16 @@ def orchestrator_like(orch: Any, simulator_url: str, **extra: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def orch(database_url: str, redis_namespace: str, simulator: Any) -> Iterator[Any]:
+def orch(
+    database_url: str, redis_namespace: str, simulator: Any, request: pytest.FixtureRequest
+) -> Iterator[Any]:
     """The session's Orchestrator, installed as the actors' runtime."""
     from orchestrator import runtime
     from orchestrator.api import Orchestrator
     from orchestrator.logs import configure_logging
 
+    if ON_RABBITMQ:
+        request.getfixturevalue("rabbitmq_url")  # the session's vhost exists before any send
     settings = test_settings(database_url, redis_namespace, simulator.url)
     configure_logging("json", "info")
     orchestrator = Orchestrator(settings)
@@ -163,13 +226,106 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
             "jobs CASCADE",
         )
         _flush_namespace(orchestrator.settings.redis_namespace)
+        if is_rabbitmq(orchestrator):
+            purge_rabbitmq(orchestrator)
         sim.reset()
     yield
 
 
+# -- the broker, whichever it is ---------------------------------------------------------
+
+
+def is_rabbitmq(orch: Any) -> bool:
+    """Whether ``orch`` sends its messages to RabbitMQ."""
+    from orchestrator.brokers import broker_kind
+
+    return broker_kind(orch.settings) == "rabbitmq"
+
+
+def rabbitmq_queues(orch: Any) -> set[str]:
+    """The dramatiq queues ``orch`` may have messages in (its own, and any declared on its
+    broker, e.g. settlement hooks' queues), each with its ``.DQ`` and ``.XQ``."""
+    from dramatiq.common import dq_name, xq_name
+
+    names = {orch.settings.queue_name, *orch.broker.get_declared_queues()}
+    return {n for q in names for n in (q, dq_name(q), xq_name(q))}
+
+
+def _rabbitmq_connection(orch: Any) -> Any:
+    import pika
+
+    from orchestrator.brokers.rabbitmq import broker_urls
+
+    return pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(orch.settings)])
+
+
+def purge_rabbitmq(orch: Any, wait_for_consumers_s: float = 0.0) -> int:
+    """Purge every queue of ``orch`` on RabbitMQ (their messages are gone as if the broker
+    lost them); returns how many messages went. With ``wait_for_consumers_s``, first wait (up
+    to that long) until no consumer is left on them: a killed worker's unacked messages are
+    back in their queue only once RabbitMQ noticed its connection closed."""
+    import pika.exceptions
+
+    purged = 0
+    conn = _rabbitmq_connection(orch)
+    try:
+        deadline = time.monotonic() + wait_for_consumers_s
+        for name in sorted(rabbitmq_queues(orch)):
+            while True:
+                channel = conn.channel()
+                try:
+                    ok = channel.queue_declare(name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker:
+                    break  # never declared: nothing in it
+                if ok.method.consumer_count == 0 or time.monotonic() > deadline:
+                    purged += channel.queue_purge(name).method.message_count
+                    channel.close()
+                    break
+                channel.close()
+                time.sleep(0.1)
+    finally:
+        conn.close()
+    return purged
+
+
+def empty_broker(orch: Any) -> int:
+    """Lose every message of ``orch``'s queues, queued and delayed, as a broker restarted empty
+    would (Redis: its namespace's keys deleted; RabbitMQ: its queues purged once the killed
+    worker's messages are back in them). Returns how many keys or messages went."""
+    if is_rabbitmq(orch):
+        return purge_rabbitmq(orch, wait_for_consumers_s=10.0)
+    client = redis.Redis.from_url(orch.settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{orch.settings.redis_namespace}*"))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
+def queued_messages(orch: Any) -> int:
+    """Messages waiting in ``orch``'s queue (not delayed, not taken by a worker)."""
+    from orchestrator.brokers import broker_ops
+
+    ops = broker_ops(orch.settings)
+    try:
+        return ops.counts(orch.settings.queue_name).queued
+    finally:
+        ops.close()
+
+
+def refused_broker(orch: Any, simulator_url: str, **extra: Any) -> Any:
+    """Settings like ``orch``'s whose broker refuses connections (nothing listens on port 1);
+    a send raises one of :data:`BROKER_CONNECTION_ERRORS`."""
+    if is_rabbitmq(orch):
+        extra.setdefault("broker_url", "amqp://guest:guest@127.0.0.1:1/%2F")
+    else:
+        extra.setdefault("redis_url", "redis://127.0.0.1:1/0")
+    return settings_like(orch, simulator_url, **extra)
+
+
 @pytest.fixture
 def worker(orch: Any) -> Iterator[Any]:
-    """A real dramatiq worker (8 threads) consuming the session's Redis namespace."""
+    """A real dramatiq worker (8 threads) consuming the session's queue on its broker."""
     import dramatiq
 
     import actors  # noqa: F401  (declares the actors on the installed broker)
@@ -214,6 +370,7 @@ def cli_main(orch: Any, monkeypatch: pytest.MonkeyPatch, **extra_env: str) -> An
         "ORCHESTRATOR_REDIS_NAMESPACE": s.redis_namespace,
         "STRIPE_API_KEY": s.stripe_api_key.get_secret_value(),
         "STRIPE_API_BASE": s.stripe_api_base,
+        **({"ORCHESTRATOR_BROKER_URL": s.broker_url} if s.broker_url else {}),
         **extra_env,
         "ORCHESTRATOR_LOG_FORMAT": "json",
         "ORCHESTRATOR_LOG_LEVEL": "warning",
@@ -292,3 +449,30 @@ def seed_dead_job(orch: Any, key: str) -> str:
         ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+@contextlib.contextmanager
+def running_clock(orch: Any) -> Iterator[Any]:
+    """``orch``'s clock running its own loop (advisory lock, passes, due dispatch) in a thread.
+
+    PostgreSQL owns the schedule: a job put off past the broker's delay window (a long
+    backoff, a breaker deferral) gets no message until the clock dispatches it when due, so a
+    test whose jobs may be put off that long runs the clock, as production does."""
+    from orchestrator.maintenance.clock import Clock
+
+    clock = Clock(orch)
+    stop = threading.Event()
+    thread = threading.Thread(target=clock.run, args=(stop,), name="test-clock", daemon=True)
+    thread.start()
+    try:
+        yield clock
+    finally:
+        stop.set()
+        thread.join(timeout=orch.settings.clock_interval_s + 5)
+
+
+@pytest.fixture
+def clock(orch: Any) -> Iterator[Any]:
+    """The session orchestrator's clock, running (see :func:`running_clock`)."""
+    with running_clock(orch) as running:
+        yield running

@@ -41,7 +41,10 @@ def register(commands: Commands) -> None:
     add_filters(p)
     add_paging(p)
     p.add_argument(
-        "--broker", action="store_true", help="messages dramatiq dead-lettered (from Redis)"
+        "--broker",
+        action="store_true",
+        help="messages dramatiq dead-lettered on the broker (Redis or RabbitMQ), as the clock "
+        "copied them to PostgreSQL",
     )
 
     add_show_job(dlq)
@@ -103,13 +106,33 @@ def parse_rate(value: str) -> float:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from orchestrator.maintenance.deadletters import recent_dead_letters
+    from orchestrator.brokers import BrokerUnavailable
+    from orchestrator.maintenance.deadletters import (
+        broker_dead_letters_waiting,
+        recent_dead_letters,
+    )
 
     if not args.broker:
         return list_jobs(args, dead=True)
     with open_orchestrator() as orch:
         letters = recent_dead_letters(orch, args.limit)
+        try:
+            waiting: int | None = broker_dead_letters_waiting(orch.settings)
+        except BrokerUnavailable:
+            waiting = None
     print_each(letters, _letter_line, as_json=args.json, json_of=dict)
+    if not args.json:  # stderr: the listing itself stays one letter per line
+        if waiting is None:
+            print(
+                "orchestrator: the broker did not answer: letters not copied yet are not counted",
+                file=sys.stderr,
+            )
+        elif waiting:
+            print(
+                f"orchestrator: {waiting} more in the broker's dead-letter queue, not copied "
+                "yet (the clock's next pass copies them)",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 

@@ -12,7 +12,8 @@ reset on every restart). Instead the ``web`` process reads the truth when scrape
 * ``orchestrator_jobs_settled_total{kind,provider,state}``: settles ever (a counter), from
   ``job_settled_totals`` plus the ``job_settlements`` outbox not drained yet;
 * ``orchestrator_dlq_size``: jobs in ``dead`` (over the DLQ's partial index);
-* ``orchestrator_queue_depth{queue}``: Redis ``LLEN`` of the dramatiq queue and its delay queue;
+* ``orchestrator_queue_depth{queue}``: messages waiting in the dramatiq queue and its delay
+  queue, on whichever broker (Redis ``LLEN``; RabbitMQ's ready count, from a passive declare);
 * ``orchestrator_broker_dead_letters``: messages in dramatiq's ``.XQ`` not yet reconciled;
 * ``orchestrator_reconcile_actions_total{action}``: dead letters the clock reconciled, by action;
 * ``orchestrator_ledger_drift{kind}``: drift between the ledger and the provider recorded in
@@ -20,7 +21,7 @@ reset on every restart). Instead the ``web`` process reads the truth when scrape
 
 Job rows are kept forever, so no scrape reads them in bulk: each PostgreSQL read costs what
 is live (live jobs, the DLQ, the outbox backlog, a recent window), whatever the history.
-A Redis failure leaves the Redis-backed metrics out of that scrape; it never fails the scrape.
+A broker failure leaves the broker-backed metrics out of that scrape; it never fails the scrape.
 (``orchestrator_breaker_state`` is the breaker's own collector.) :func:`metrics_registry`
 gathers them all; :func:`metrics_endpoint` serves it (behind ``ORCHESTRATOR_METRICS_TOKEN``
 when set), on the ``web`` app or on its own listener (``ORCHESTRATOR_METRICS_BIND``,
@@ -36,7 +37,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -51,11 +51,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from orchestrator.breaker import BreakerCollector, SharedBreaker
+from orchestrator.brokers import BrokerOps, BrokerUnavailable, broker_ops
 from orchestrator.config import Settings
 from orchestrator.db import OpsStore
 from orchestrator.errors import OrchestratorError
 from orchestrator.logs import get_logger
-from orchestrator.maintenance.deadletters import xq_keys
 from orchestrator.models import JobState
 from orchestrator.ops.ledger import DriftKind
 
@@ -68,7 +68,7 @@ log = get_logger(__name__)
 METRICS_WINDOW_S = 300
 # Provider call latency bucket upper bounds (ms): Stripe answers in 100 ms .. a few seconds.
 LATENCY_BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
-# A scrape must not hang on Redis.
+# A scrape must not hang on the broker.
 REDIS_TIMEOUT_S = 1.0
 # The states a job can stay in, counted by orchestrator_jobs: each is few rows at any time
 # (dead until an operator acts). succeeded, failed and cancelled only grow: they are counted
@@ -112,16 +112,12 @@ class JobsCollector(Collector):
 
 
 class OpsCollector(Collector):
-    """Reads ``ops_store`` (PostgreSQL) and the queues named by ``settings`` (Redis)."""
+    """Reads ``ops_store`` (PostgreSQL) and the queues named by ``settings`` (the broker)."""
 
     def __init__(self, ops_store: OpsStore, settings: Settings) -> None:
         self.ops_store = ops_store
         self.settings = settings
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-        )
+        self._broker: BrokerOps = broker_ops(settings, REDIS_TIMEOUT_S)
 
     def collect(self) -> Iterator[Metric]:
         ops_store = self.ops_store
@@ -143,31 +139,25 @@ class OpsCollector(Collector):
             reconciled.add_metric([action], actions.get(action, 0))
         yield reconciled
         yield _drift(ops_store.drift_by_kind())
-        yield from self._redis_metrics()
+        yield from self._broker_metrics()
 
-    def _redis_metrics(self) -> Iterator[Metric]:
-        settings = self.settings
-        queue = settings.queue_name
-        names = [queue, f"{queue}.DQ"]
+    def _broker_metrics(self) -> Iterator[Metric]:
+        queue = self.settings.queue_name
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.llen(f"{settings.redis_namespace}:{name}")
-                pipe.zcard(xq_keys(settings.redis_namespace, queue)[0])
-                results: list[Any] = pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("metrics.redis_unavailable", error=type(exc).__name__)
+            counts = self._broker.counts(queue)
+        except BrokerUnavailable as exc:
+            log.warning("metrics.broker_unavailable", broker=self._broker.kind, error=str(exc))
             return
         depth = GaugeMetricFamily(
             "orchestrator_queue_depth", "Messages waiting in the dramatiq queue", labels=["queue"]
         )
-        for name, n in zip(names, results, strict=False):
-            depth.add_metric([name], int(n))
+        depth.add_metric([queue], counts.queued)
+        depth.add_metric([f"{queue}.DQ"], counts.delayed)
         yield depth
         xq = GaugeMetricFamily(
-            "orchestrator_broker_dead_letters", "Messages in dramatiq's dead-letter set"
+            "orchestrator_broker_dead_letters", "Messages in dramatiq's dead-letter queue"
         )
-        xq.add_metric([], int(results[-1]))
+        xq.add_metric([], counts.dead)
         yield xq
 
 

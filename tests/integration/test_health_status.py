@@ -64,8 +64,33 @@ def test_readyz_is_200_when_postgres_and_redis_answer(orch: Any, simulator: Any)
 
     with serve(create_app(orchestrator_like(orch, simulator.url))) as url:
         ready = requests.get(url + "/readyz", timeout=5)
-        assert (ready.status_code, ready.json()) == (200, {"postgres": "ok", "redis": "ok"})
+        expected = {"postgres": "ok", "redis": "ok"}
+        if orch.settings.dramatiq_broker_url != orch.settings.redis_url:
+            expected["broker"] = "ok"
+        assert (ready.status_code, ready.json()) == (200, expected)
         assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_readyz_asks_a_rabbitmq_broker_too(orch: Any, simulator: Any, reachable: bool) -> None:
+    """With RabbitMQ as the broker, /readyz names it: ok when it answers, 503 naming it when
+    its port is closed (PostgreSQL and Redis still ok)."""
+    from orchestrator.web import create_app
+    from tests.conftest import orchestrator_like
+
+    port = 5672 if reachable else free_port()
+    amqp = orchestrator_like(
+        orch, simulator.url, broker_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    )
+    with serve(create_app(amqp)) as url:
+        ready = requests.get(url + "/readyz", timeout=5)
+        body = ready.json()
+        assert (body["postgres"], body["redis"]) == ("ok", "ok")
+        if reachable:
+            assert (ready.status_code, body["broker"]) == (200, "ok")
+        else:
+            assert ready.status_code == 503
+            assert body["broker"].startswith("failed: ")
 
 
 def test_readyz_is_503_naming_redis_when_it_is_unreachable(orch: Any, simulator: Any) -> None:

@@ -24,6 +24,7 @@ from orchestrator.ops.filters import JobFilter
 from orchestrator.ops.replay import ReplayAction
 from orchestrator.ops.service import Operations
 from tests.conftest import (
+    ON_RABBITMQ,
     cli_main,
     count_jobs,
     orchestrator_like,
@@ -416,6 +417,11 @@ def test_bulk_replay_of_1000_dead_charges_after_the_fault_is_fixed(
 # -- dramatiq's own dead letters -----------------------------------------------------------
 
 
+@pytest.mark.skipif(
+    ON_RABBITMQ,
+    reason="Redis as the broker: its XQ keys and fetch/nack scripts (the RabbitMQ counterpart is "
+    "test_rabbitmq_broker.py::test_a_message_dead_lettered_on_rabbitmq_is_reconciled_by_the_clock)",
+)
 def test_a_message_dead_lettered_by_dramatiq_shows_up_and_its_job_is_resent(orch: Any) -> None:
     """A job's message that dramatiq moved to its .XQ (via its own fetch + nack script) is
     copied to broker_dead_letters by the clock pass, removed from Redis, and the still-pending

@@ -1,5 +1,6 @@
-"""Recovery: whatever crashes, every job settles once. Real processes, PostgreSQL, Redis and
-the simulator over HTTP; the clock's ``run_once`` drives sweeps instead of waiting for timers."""
+"""Recovery: whatever crashes, every job settles once. Real processes, PostgreSQL, Redis (or
+RabbitMQ as the broker, with TEST_BROKER_URL) and the simulator over HTTP; the clock's
+``run_once`` drives sweeps instead of waiting for timers."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import redis
 from orchestrator import JobState
 from orchestrator.api import Orchestrator
 from orchestrator.maintenance.clock import Clock
-from tests.conftest import count_jobs, orchestrator_like, settings_like, test_settings, wait_until
+from tests.conftest import (
+    count_jobs,
+    empty_broker,
+    orchestrator_like,
+    queued_messages,
+    settings_like,
+    test_settings,
+    wait_until,
+)
 from tests.processes import (
     clock_args,
     free_port,
@@ -89,8 +98,9 @@ def test_worker_sigkilled_mid_flight_then_restarted(
 def test_redis_flushed_with_jobs_queued_and_delayed(
     fast_orch: Any, simulator: Any, tmp_path: Path
 ) -> None:
-    """Redis loses every message (queued and delayed retries): the clock's sweep re-sends from
-    PostgreSQL and all 200 complete, none twice."""
+    """The broker loses every message (queued and delayed retries: Redis's keys deleted, or
+    RabbitMQ's queues purged): the clock's sweep re-sends from PostgreSQL and all 200
+    complete, none twice."""
     simulator.set_faults("stripe", rate_429=0.5, first_try_only=True, latency_ms=20)
     settings = settings_like(
         fast_orch,
@@ -105,11 +115,7 @@ def test_redis_flushed_with_jobs_queued_and_delayed(
         jobs = _enqueue(fast_orch, 200, "flush")
         wait_until(lambda: count_jobs(fast_orch, "retrying") >= 20, timeout_s=30)
         first.kill()
-    client = redis.Redis.from_url(fast_orch.settings.redis_url)
-    keys = list(client.scan_iter(match=f"{fast_orch.settings.redis_namespace}*"))
-    assert keys, "expected queued or delayed messages in Redis"
-    client.delete(*keys)
-    client.close()
+    assert empty_broker(fast_orch) > 0, "expected messages to lose"
     assert count_jobs(fast_orch, "succeeded") < 200
     with spawn(worker_args(1, 8), env, tmp_path / "w2.log"):
         _drive_until_settled(fast_orch, 200)
@@ -185,14 +191,10 @@ def test_clock_survives_losing_its_connection(fast_orch: Any, tmp_path: Path) ->
         wait_until(lambda: clock.log().count("clock.lock_acquired") == 2, timeout_s=15)
         assert clock.popen.poll() is None
         # Still listening: a job enqueued in a caller's transaction gets its message from it.
-        settings = fast_orch.settings
-        messages = f"{settings.redis_namespace}:{settings.queue_name}.msgs"
-        client = redis.Redis.from_url(settings.redis_url)
-        assert client.hlen(messages) == 0
-        with psycopg.connect(settings.database_url) as conn:
+        assert queued_messages(fast_orch) == 0
+        with psycopg.connect(fast_orch.settings.database_url) as conn:
             fast_orch.charge(100, "usd", None, "pm_card_visa", "clock-back", conn=conn)
-        wait_until(lambda: client.hlen(messages) == 1, timeout_s=15)
-        client.close()
+        wait_until(lambda: queued_messages(fast_orch) == 1, timeout_s=15)
 
 
 def test_dry_run_counts_without_acting(fast_orch: Any) -> None:
@@ -310,8 +312,9 @@ def _stop_redis(port: int) -> None:
 
 
 def test_redis_stopped_and_restarted_mid_run(orch: Any, simulator: Any, tmp_path: Path) -> None:
-    """A private Redis (broker and breaker state) is stopped mid-run and comes back empty:
-    workers carry on, charges accepted during the outage are kept, none is lost or doubled."""
+    """A private Redis (broker and breaker state; breaker state only when the session's broker
+    is RabbitMQ) is stopped mid-run and comes back empty: workers carry on, charges accepted
+    during the outage are kept, none is lost or doubled."""
     import shutil
 
     if shutil.which("redis-server") is None:

@@ -11,13 +11,18 @@ from typing import Any
 import dramatiq
 import psycopg
 import pytest
-import redis
 
 from orchestrator import JobNotFound, JobState, ValidationError, WaitTimeout
 from orchestrator.app import waiting
 from orchestrator.broker import Dispatcher, make_broker
 from orchestrator.maintenance.settlements import DeliverSettlements
-from tests.conftest import orchestrator_like, settings_like, stop_worker, wait_until
+from tests.conftest import (
+    BROKER_CONNECTION_ERRORS,
+    orchestrator_like,
+    refused_broker,
+    stop_worker,
+    wait_until,
+)
 
 
 def _charge(orch: Any, key: str, pm: str = "pm_card_visa") -> Any:
@@ -146,14 +151,14 @@ def test_settlement_hooks_hear_every_settle_after_commit(
 def test_a_failed_delivery_keeps_the_settles_for_the_next_pass(
     orch: Any, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis refusing the hook's message rolls the drain back: the next pass sends it."""
+    """The broker refusing the hook's message rolls the drain back: the next pass sends it."""
     queue = f"hooks_{uuid.uuid4().hex[:8]}"
     job = _charge(orch, "hook-retry")
     _settle_by_sql(orch, job.id, after_s=0).join()
-    refused = settings_like(orch, simulator.url, redis_url="redis://127.0.0.1:1/0")
+    refused = refused_broker(orch, simulator.url)
     broken = Dispatcher(make_broker(refused), refused.queue_name)
     failing = DeliverSettlements.from_text(orch.store, broken, f"{queue}:h")
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(BROKER_CONNECTION_ERRORS):
         failing.run_once()
     assert failing.preview() == 1  # still in the outbox
     hook_worker, calls = _hook_worker(orch, queue)
