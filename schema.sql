@@ -131,7 +131,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- server_error (the key replays the error: only a lookup settles it), lease_expired.
     unknown_cause     unknown_cause_word,
     last_attempt_at   timestamptz,
-    -- When a message for this job was last handed to the broker (the sweep's resend guard).
+    -- When the job's latest message was handed to the broker, or, for a short broker delay,
+    -- when it comes out of it. PostgreSQL owns the schedule: a live job whose dispatched_at
+    -- is before its next_attempt_at has no message for that due time (it was scheduled past
+    -- the broker's delay window), and the clock dispatches it when due (jobs_scheduled_idx);
+    -- one due and unclaimed for the dispatch grace since then gets its message again.
     dispatched_at     timestamptz,
 
     provider_ref      text,          -- the provider's object id (pi_..., re_..., message id)
@@ -163,6 +167,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- The dispatch sweep and workers look for due work: a partial index keeps it small.
 CREATE INDEX IF NOT EXISTS jobs_due_idx ON jobs (next_attempt_at)
     WHERE state IN ('pending', 'retrying', 'unknown', 'processing');
+-- (Migration 0005.) The clock's due dispatch: only the live jobs scheduled in PostgreSQL, no
+-- message sent for their due time, by due time. However long the backlog of queued jobs (all
+-- in jobs_due_idx), the clock reads the first entry to know when to wake and takes the due
+-- ones in order from a small index.
+CREATE INDEX IF NOT EXISTS jobs_scheduled_idx ON jobs (next_attempt_at)
+    WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+      AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at);
 -- Lease expiry scans only running jobs.
 CREATE INDEX IF NOT EXISTS jobs_running_lease_idx ON jobs (lease_expires_at)
     WHERE state = 'running';

@@ -52,7 +52,9 @@ class Orchestrator:
         )
         self.ops_store = OpsStore(self.store.pool)
         self.broker = broker or make_broker(settings)
-        self.dispatcher = Dispatcher(self.broker, settings.queue_name)
+        self.dispatcher = Dispatcher(
+            self.broker, settings.queue_name, delay_window_s=settings.broker_delay_window_s
+        )
         self._executor: Executor | None = None
         self._lock = threading.Lock()
         self._settles = SettleListener(settings.database_url)

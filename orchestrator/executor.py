@@ -7,7 +7,10 @@ The request runs as phases between recovery points (PostgreSQL commits):
               or row lock held;
 3. settle     one statement records the attempt and moves the job on, checking that the
               lease is still ours;
-4. schedule   retries and lookups get a delayed message (the clock re-sends lost ones).
+4. schedule   retries and lookups are due again at ``next_attempt_at``: within the broker's
+              delay window they get a short delayed message; later ones get none, and the
+              clock dispatches them when due (PostgreSQL owns the schedule; the clock also
+              re-sends lost messages).
 
 ``unknown`` and ``processing`` jobs are settled by :meth:`Executor.resolve`, which asks the
 provider instead of calling it again. Every decision is made by :func:`decide` and
@@ -355,8 +358,21 @@ class Executor:
             return None
         if job.state in (JobState.UNKNOWN, JobState.PROCESSING):
             return self.resolve(job_id)
+        if job.state in (JobState.PENDING, JobState.RETRYING):
+            self._reschedule_early(job_id)
+            return None
         log.debug("job.message_ignored", job_id=job_id, state=str(job.state))
         return None
+
+    def _reschedule_early(self, job_id: str) -> None:
+        """A message that came before its job is due (hosts' clocks differ a little, or the
+        clock sent it ahead with a broker delay): sent again for when it is due, if the broker
+        carries that delay; otherwise the clock's due dispatch sends it then."""
+        due_in_s = self.store.due_in_s(job_id)
+        if due_in_s is not None and due_in_s > 0 and self.dispatcher.schedule(job_id, due_in_s):
+            log.debug("job.early_message_rescheduled", job_id=job_id, due_in_s=round(due_in_s, 3))
+            return
+        log.debug("job.message_ignored", job_id=job_id, due_in_s=due_in_s)
 
     # -- one attempt -----------------------------------------------------------------------
 
@@ -481,8 +497,9 @@ class Executor:
     # -- recording -------------------------------------------------------------------------
 
     def _release(self, job: Job, owner: str, delay_s: float) -> None:
-        if self.store.release_lease(job.id, owner, delay_s) is not None:
-            self.dispatcher.send(job.id, delay_s)
+        carried = self.dispatcher.carries(delay_s)
+        if self.store.release_lease(job.id, owner, delay_s, carried) is not None and carried:
+            self.dispatcher.schedule(job.id, delay_s)
 
     def _settle(
         self,
@@ -503,6 +520,9 @@ class Executor:
             "reason": decision.reason,
             "delay_s": decision.delay_s,
             "dispatching": decision.needs_message,
+            # The broker carries only what is due within its delay window; the row says so in
+            # the same statement, else the clock dispatches the job when due.
+            "broker_carries": self.dispatcher.carries(decision.delay_s),
             "generation_step": decision.generation_step,
             "reset_attempts": False,
             "refund_attempt": int(decision.refund_attempt),
@@ -528,7 +548,7 @@ class Executor:
             error_code=settled.last_error_code if outcome and outcome.error_class else None,
         )
         if decision.needs_message:
-            self.dispatcher.send(job.id, decision.delay_s)
+            self.dispatcher.schedule(job.id, decision.delay_s)
         return settled.state
 
 

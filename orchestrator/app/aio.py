@@ -70,7 +70,9 @@ class AsyncOrchestrator:
             make_async_pool(settings.database_url, max_size=settings.db_pool_max_size)
         )
         self.broker = broker or make_broker(settings)
-        self.dispatcher = Dispatcher(self.broker, settings.queue_name)
+        self.dispatcher = Dispatcher(
+            self.broker, settings.queue_name, delay_window_s=settings.broker_delay_window_s
+        )
         self._listener = _SettledListener(settings.database_url)
         self._opened = False
 

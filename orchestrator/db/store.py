@@ -103,14 +103,25 @@ class Store(Queries):
     def settle(self, args: dict[str, Any]) -> Settled | None:
         """Move a job held under ``args["lease_owner"]`` on (queries.sql, settle_job); None
         when the lease was lost meanwhile."""
-        args = {"refund_attempt": 0, **args}  # only a breaker denial gives the attempt back
+        # Only a breaker denial gives the attempt back. A caller that does not say whether the
+        # broker carries the job's next message leaves it to the clock's due dispatch.
+        args = {"refund_attempt": 0, "broker_carries": False, **args}
         details = args.get("provider_details")
         args["provider_details"] = Jsonb(details) if details is not None else None
         row = self._one("settle_job", args)
         return Settled(JobState(row["state"]), row["last_error_code"]) if row else None
 
-    def release_lease(self, job_id: str, owner: str, delay_s: float) -> Job | None:
-        args = {"id": job_id, "owner": owner, "delay_s": delay_s}
+    def release_lease(
+        self, job_id: str, owner: str, delay_s: float, broker_carries: bool = False
+    ) -> Job | None:
+        """Give a leased unknown/processing job back for ``delay_s``; ``broker_carries``: the
+        caller sends it a delayed message (else the clock dispatches it when due)."""
+        args = {
+            "id": job_id,
+            "owner": owner,
+            "delay_s": delay_s,
+            "broker_carries": broker_carries,
+        }
         row = self._one("release_lease", args)
         return Job.from_row(row) if row else None
 
@@ -122,6 +133,19 @@ class Store(Queries):
         rows = self._all("due_for_dispatch", {"grace_s": grace_s, "limit": limit})
         return [str(r["id"]) for r in rows]
 
+    def dispatch_due(self, limit: int, lead_s: float = 0.0) -> list[tuple[str, float]]:
+        """Jobs scheduled in PostgreSQL due within ``lead_s``, oldest first, marked dispatched
+        in the same statement (queries: dispatch_due), each with the delay its message is sent
+        with (0 for a job due already)."""
+        rows = self._all("dispatch_due", {"limit": limit, "lead_s": lead_s})
+        return [(str(r["id"]), float(r["delay_s"])) for r in rows]
+
+    def next_scheduled_due(self) -> float | None:
+        """Seconds until the earliest job scheduled in PostgreSQL is due (<= 0: due now);
+        None if none is scheduled."""
+        row = self._one("next_scheduled_due")
+        return float(row["due_in_s"]) if row else None
+
     # -- maintenance -----------------------------------------------------------------------
 
     def count_expired_leases(self) -> int:
@@ -129,6 +153,9 @@ class Store(Queries):
 
     def count_due_for_dispatch(self, grace_s: float) -> int:
         return self._count("count_due_for_dispatch", {"grace_s": grace_s})
+
+    def count_scheduled_due(self) -> int:
+        return self._count("count_scheduled_due")
 
     def count_old_attempts(self, days: int) -> int:
         return self._count("count_old_attempts", {"days": days})
@@ -252,6 +279,11 @@ class Store(Queries):
     def count_settlements(self) -> int:
         row = self._one("count_settlements")
         return int(row["n"]) if row else 0
+
+    def due_in_s(self, job_id: str) -> float | None:
+        """Seconds until a pending or retrying job is due (database clock); None otherwise."""
+        row = self._one("due_in", {"id": job_id})
+        return float(row["s"]) if row else None
 
     def job_state(self, job_id: str) -> str | None:
         """Only the state of a job (``wait()``'s cheap re-read); None when there is none."""

@@ -172,6 +172,9 @@ def _settle(
         "provider_status": outcome.provider_status,
         "error_code": outcome.error_code,
         "delay_s": delay_s,
+        # A processing job is polled: by a short broker delay within the window, else by the
+        # clock's due dispatch (PostgreSQL owns the schedule).
+        "broker_carries": target is JobState.PROCESSING and orch.dispatcher.carries(delay_s),
         "changed_by": f"webhook:{event.event_id}"[:200],
         "reason": f"{event.type}: {label} {ref} is {outcome.provider_status}"[:500],
     }
@@ -194,7 +197,7 @@ def _settle(
             EventStatus.PROCESSED, f"job is {state}: no change ({outcome.provider_status})", job.id
         )
     if target is JobState.PROCESSING:
-        orch.dispatcher.send(job.id, delay_s)  # polled until final, like any processing job
+        orch.dispatcher.schedule(job.id, delay_s)  # polled until final, like any processing job
     log.info("job.settled_by_webhook", job_id=job.id, state=str(target), event_id=event.event_id)
     return Result(EventStatus.PROCESSED, f"job {job.state} -> {target}", job.id)
 

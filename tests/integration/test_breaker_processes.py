@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.breaker import BreakerConfig, Permit, RedisBreaker, Signal, redis_client
 from tests.conftest import TEST_REDIS_URL, count_jobs, settings_like, wait_until
-from tests.processes import settings_env, spawn, worker_args
+from tests.processes import clock_args, settings_env, spawn, worker_args
 
 OUTAGE_S = 20.0
 COOLDOWN_S = 2.0
@@ -42,7 +42,12 @@ def test_outage_across_two_worker_processes(orch: Any, simulator: Any, tmp_path:
     )
     simulator.set_faults("stripe", outage=True)
     jobs = [orch.charge(1000 + i, "usd", None, "pm_card_visa", f"outage-{i}") for i in range(100)]
-    with spawn(worker_args(PROCESSES, THREADS), settings_env(settings), tmp_path / "w.log") as w:
+    # The clock too: a deferral past the broker's delay window (cooldowns of 2-4 s plus jitter)
+    # is dispatched by the clock when due (PostgreSQL owns the schedule).
+    with (
+        spawn(worker_args(PROCESSES, THREADS), settings_env(settings), tmp_path / "w.log") as w,
+        spawn(clock_args(), settings_env(settings), tmp_path / "clock.log"),
+    ):
         wait_until(lambda: len(_outage_requests(simulator)) > 0, timeout_s=30)
         time.sleep(OUTAGE_S)
         during = len(_outage_requests(simulator))

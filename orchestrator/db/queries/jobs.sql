@@ -113,7 +113,14 @@ SET state = %(to_state)s,
     lease_owner = NULL,
     lease_expires_at = NULL,
     next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    dispatched_at = CASE WHEN %(dispatching)s THEN now() ELSE dispatched_at END,
+    -- PostgreSQL owns the schedule (schema.sql, dispatched_at): a job the broker carries (due
+    -- within its delay window: broker_carries) is marked dispatched for its due time; one
+    -- due later is left dispatched before it, so it enters jobs_scheduled_idx and the clock
+    -- dispatches it when due (dispatch_due).
+    dispatched_at = CASE WHEN NOT %(dispatching)s::boolean THEN dispatched_at
+                         WHEN %(broker_carries)s::boolean
+                             THEN now() + make_interval(secs => %(delay_s)s)
+                         ELSE LEAST(dispatched_at, now()) END,
     key_generation = key_generation + %(generation_step)s,
     -- refund_attempt (0 or 1): the breaker or rate limiter denied the call the claim
     -- counted, so the attempt it took is given back.
@@ -135,12 +142,16 @@ WHERE id = %(id)s
 RETURNING state, last_error_code;
 
 -- name: release_lease
--- Give a leased unknown/processing job back, to be looked at again after `delay_s`.
+-- Give a leased unknown/processing job back, to be looked at again after `delay_s`: by the
+-- broker's delayed message when it carries one (broker_carries), else by the clock's due
+-- dispatch (as in settle_job).
 UPDATE jobs
 SET lease_owner = NULL,
     lease_expires_at = NULL,
     next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    dispatched_at = now()
+    dispatched_at = CASE WHEN %(broker_carries)s::boolean
+                         THEN now() + make_interval(secs => %(delay_s)s)
+                         ELSE LEAST(dispatched_at, now()) END
 WHERE id = %(id)s AND lease_owner = %(owner)s AND state IN ('unknown', 'processing')
 RETURNING *;
 
@@ -153,6 +164,8 @@ SET state = 'unknown',
     lease_owner = NULL,
     lease_expires_at = NULL,
     next_attempt_at = now(),
+    -- The clock sends each one its message right after (ExpireLeases).
+    dispatched_at = now(),
     changed_by = %(owner)s::text,
     change_reason = 'lease expired (worker died or hung)'
 WHERE id IN (
@@ -167,6 +180,8 @@ RETURNING id;
 -- name: due_for_dispatch
 -- Jobs due for longer than the grace with no message sent within it: their message was lost
 -- (Redis emptied, a crash between commit and send). Marked as dispatched in the same statement.
+-- (Jobs scheduled in PostgreSQL are dispatched when due by dispatch_due; this is the net under
+-- every message, whoever sent it.)
 UPDATE jobs
 SET dispatched_at = now()
 WHERE id IN (
@@ -352,3 +367,51 @@ WHERE id = %(id)s
       SELECT 1 FROM webhook_events e
       WHERE e.subject_job_id = jobs.id AND e.status = 'received' AND e.reports_success)
 RETURNING *;
+
+-- name: dispatch_due
+-- The clock's due dispatch (orchestrator.maintenance.schedule): live jobs due within the lead
+-- (lead_s, at most the broker's delay window) for which no message was sent for that due time
+-- (dispatched_at before it: the job was scheduled past the window, so no broker holds a
+-- message for it). Oldest due first, marked dispatched for their due time in the same
+-- statement; the caller sends each with the delay returned (zero for a job due already). The
+-- WHERE repeats jobs_scheduled_idx's predicate word for word, so the planner reads only that
+-- small index (tests/integration/test_schedule.py checks the plan). A job under a lookup
+-- lease is left to its holder.
+UPDATE jobs
+SET dispatched_at = GREATEST(next_attempt_at, now())
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+      AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at)
+      AND next_attempt_at <= now() + make_interval(secs => %(lead_s)s)
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, GREATEST(EXTRACT(EPOCH FROM next_attempt_at - now()), 0)::float8 AS delay_s;
+
+-- name: next_scheduled_due
+-- Seconds until the earliest job scheduled in PostgreSQL is due, zero or less when one is due
+-- already (it came due while the last batch was being sent); no row: none is scheduled. The
+-- clock sleeps until then. The first entry of jobs_scheduled_idx not under a lookup lease
+-- (dispatch_due leaves those: counting them would wake the clock for nothing).
+SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float8 AS due_in_s
+FROM jobs
+WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+  AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at)
+  AND (lease_expires_at IS NULL OR lease_expires_at < now())
+ORDER BY next_attempt_at
+LIMIT 1;
+
+-- name: count_scheduled_due
+SELECT count(*) AS n FROM jobs
+WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
+  AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at)
+  AND next_attempt_at <= now()
+  AND (lease_expires_at IS NULL OR lease_expires_at < now());
+
+-- name: due_in
+-- How long until a waiting job is due, by the database's clock (s; negative: overdue).
+SELECT extract(epoch FROM next_attempt_at - now())::float8 AS s
+FROM jobs WHERE id = %(id)s AND state IN ('pending', 'retrying');

@@ -120,7 +120,11 @@ SET state = %(to_state)s::job_state,
     lease_owner = NULL,
     lease_expires_at = NULL,
     next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    dispatched_at = now(),
+    -- As settle_job: a poll the broker carries is dispatched for its due time; a later one is
+    -- left to the clock's due dispatch (jobs_scheduled_idx).
+    dispatched_at = CASE WHEN %(broker_carries)s::boolean
+                         THEN now() + make_interval(secs => %(delay_s)s)
+                         ELSE LEAST(dispatched_at, now()) END,
     changed_by = %(changed_by)s,
     change_reason = %(reason)s
 WHERE id = %(id)s
