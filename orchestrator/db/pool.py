@@ -59,8 +59,8 @@ def q(name: str) -> LiteralString:
     return queries()[name]
 
 
-def connect(url: str, *, autocommit: bool = False) -> Conn:
-    return psycopg.connect(url, row_factory=dict_row, autocommit=autocommit)
+def connect(url: str, *, autocommit: bool = False, **options: Any) -> Conn:
+    return psycopg.connect(url, row_factory=dict_row, autocommit=autocommit, **options)
 
 
 def make_pool(url: str, *, max_size: int, min_size: int = 1) -> ConnectionPool[Conn]:
@@ -210,6 +210,31 @@ def try_advisory_lock(conn: Conn, lock_id: int) -> bool:
     """Take a session-level advisory lock if it is free; it lasts as long as ``conn``."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,)).fetchone()
     return bool(row and row["ok"])
+
+
+def holds_advisory_lock(conn: Conn, lock_id: int) -> bool:
+    """Whether ``conn``'s session still holds the advisory lock ``lock_id`` (a 32-bit id, taken
+    with :func:`try_advisory_lock`). A round trip on the lock's own connection: after a network
+    partition PostgreSQL may have ended that session while the client, idle, never noticed."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+        " AND pid = pg_backend_pid() AND classid = 0 AND objid = %s AND objsubid = 1"
+        " AND granted) AS held",
+        (lock_id,),
+    ).fetchone()
+    return bool(row and row["held"])
+
+
+# A connection that must notice a dead peer (the clock's lock): TCP keepalives and a cap on
+# unacknowledged data, so a silent network fails a read or write in about 10 s instead of
+# the kernel's default of many minutes.
+KEEPALIVE_OPTIONS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 def listen(conn: Conn, channel: LiteralString) -> None:

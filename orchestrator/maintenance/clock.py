@@ -6,6 +6,9 @@ Each task (a :class:`Task`, built by :func:`default_tasks`) has
 
 * ``leases_expired`` (:mod:`~orchestrator.maintenance.leases`): ``running`` jobs whose lease
   passed become ``unknown`` (their worker died, maybe mid-call) and are sent to be resolved;
+* ``due_dispatched`` (:mod:`~orchestrator.maintenance.schedule`): jobs scheduled in
+  PostgreSQL (due again past the broker's delay window, so no message was sent for them) are
+  sent their message as they come due (a little ahead, with a short broker delay);
 * ``dispatched`` (a :class:`~orchestrator.maintenance.sweeps.Resend`): due jobs (pending,
   retrying, unknown, processing) with no message sent within the grace get one: a lost
   message, Redis emptied, a crash between commit and send;
@@ -28,8 +31,12 @@ Each task (a :class:`Task`, built by :func:`default_tasks`) has
 ``run()`` waits for the lock (a second clock waits here and takes over when the first dies,
 since PostgreSQL releases a session's advisory locks with its connection), listens for
 ``orchestrator_dispatch`` notifications (sent at commit by jobs enqueued inside a caller's
-transaction) and runs a pass every interval. A lost connection (the server restarted) loses
-the lock too: the clock goes back to waiting for it.
+transaction) and runs a pass every interval. Between passes it wakes when the next scheduled
+job comes due (at least ``MIN_WAIT_S`` apart) and runs the due dispatch alone, so a job
+backed off for 10 s runs about 10 s later, not at the next pass; it looks for newly
+scheduled jobs at least every broker delay window, which is sooner than any of them is due
+(:func:`~orchestrator.maintenance.schedule.wait_s`). A lost connection (the server
+restarted) loses the lock too: the clock goes back to waiting for it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -44,12 +52,20 @@ from typing import Protocol
 import psycopg
 
 from orchestrator.api import Orchestrator
-from orchestrator.db.pool import Conn, connect, listen, try_advisory_lock
+from orchestrator.db.pool import (
+    KEEPALIVE_OPTIONS,
+    Conn,
+    connect,
+    holds_advisory_lock,
+    listen,
+    try_advisory_lock,
+)
 from orchestrator.logs import get_logger
 from orchestrator.maintenance import BATCH_LIMIT
 from orchestrator.maintenance.audit import LedgerAudit, stripe_lister
 from orchestrator.maintenance.deadletters import ReconcileDeadLetters
 from orchestrator.maintenance.leases import ExpireLeases
+from orchestrator.maintenance.schedule import DispatchDue, lead_s, look_again_s, wait_s
 from orchestrator.maintenance.settlements import DeliverSettlements
 from orchestrator.maintenance.sweeps import DeleteOld, Resend
 from orchestrator.ops.heartbeats import Beacon, clock_beacon
@@ -61,6 +77,9 @@ log = get_logger(__name__)
 CLOCK_LOCK_ID = 0x636C6F63  # "cloc"
 # Jobs enqueued inside a caller's transaction announce themselves here at commit.
 DISPATCH_CHANNEL = "orchestrator_dispatch"
+# The clock never wakes more often than this for the due dispatch: jobs coming due within it
+# are sent together.
+MIN_WAIT_S = 0.02
 
 
 class Task(Protocol):
@@ -103,6 +122,8 @@ def default_tasks(orch: Orchestrator, owner: str) -> list[Task]:
     grace_s = settings.dispatch_grace_s
     return [
         ExpireLeases(store, dispatcher, owner),
+        # Jobs scheduled in PostgreSQL (past the broker's delay window) coming due.
+        DispatchDue(store, dispatcher, lead_s(settings.broker_delay_window_s)),
         Resend(
             "dispatched",
             "clock.jobs_redispatched",
@@ -144,6 +165,8 @@ class Clock:
         self.orch = orchestrator
         self.owner = f"clock:{socket.gethostname()}:{os.getpid()}"
         self.tasks = default_tasks(orchestrator, self.owner) if tasks is None else tasks
+        # The due dispatch, run between passes as jobs come due (None: no such task).
+        self.due = next((t for t in self.tasks if isinstance(t, DispatchDue)), None)
 
     def run_once(self, *, dry_run: bool = False) -> PassReport:
         """One pass of every periodic task; returns what it did (or would do)."""
@@ -178,7 +201,8 @@ class Clock:
             beacon.clear()
 
     def _hold_lock_and_act(self, stop: threading.Event, beacon: Beacon) -> None:
-        with connect(self.orch.settings.database_url, autocommit=True) as conn:
+        url = self.orch.settings.database_url
+        with connect(url, autocommit=True, **KEEPALIVE_OPTIONS) as conn:
             log.info("clock.waiting_for_lock", owner=self.owner)
             while not stop.is_set():
                 if try_advisory_lock(conn, CLOCK_LOCK_ID):
@@ -190,12 +214,47 @@ class Clock:
             log.info("clock.lock_acquired", owner=self.owner)
             listen(conn, DISPATCH_CHANNEL)
             interval = self.orch.settings.clock_interval_s
+            next_pass = time.monotonic()
+            due_between = 0  # sent by the due dispatch since the last pass
             while not stop.is_set():
-                beacon.beat(leader=True)
-                report = self.run_once()
-                if report.total:
-                    log.info("clock.pass_completed", **report.counts)
-                self._dispatch_notified(conn, interval)
+                if time.monotonic() >= next_pass:
+                    # Still the leader? A partition may have ended this session on the server
+                    # while this idle connection noticed nothing; another clock may lead now.
+                    if not holds_advisory_lock(conn, CLOCK_LOCK_ID):
+                        log.warning("clock.lock_lost", owner=self.owner)
+                        return
+                    beacon.beat(leader=True)
+                    next_pass = time.monotonic() + interval
+                    counts = self.run_once().counts
+                    if due_between and self.due is not None:
+                        counts[self.due.name] = counts.get(self.due.name, 0) + due_between
+                    due_between = 0
+                    if sum(counts.values()):
+                        log.info("clock.pass_completed", **counts)
+                else:
+                    due_between += self._dispatch_due()
+                self._dispatch_notified(conn, self._wait_s(next_pass - time.monotonic()))
+
+    def _dispatch_due(self) -> int:
+        """The due dispatch alone, between passes."""
+        if self.due is None:
+            return 0
+        try:
+            return self.due.run_once()
+        except Exception:
+            log.exception("clock.task_failed", task=self.due.name)
+            return 0
+
+    def _wait_s(self, until_pass_s: float) -> float:
+        """Until the next pass, or until the next scheduled job comes due if sooner."""
+        due_in_s: float | None = None
+        if self.due is not None:
+            try:
+                due_in_s = self.due.next_due_in_s()
+            except Exception as exc:  # PostgreSQL unreachable: the next pass says so
+                log.warning("clock.next_due_unknown", error=type(exc).__name__)
+        look_again = look_again_s(self.orch.settings.broker_delay_window_s)
+        return wait_s(until_pass_s, due_in_s, look_again, MIN_WAIT_S)
 
     def _dispatch_notified(self, conn: Conn, timeout_s: float) -> int:
         """Send each job announced at commit; waits up to ``timeout_s`` for notifications."""
