@@ -241,7 +241,17 @@ def _finished(run: Run) -> int:
 
 
 def main() -> int:
+    if "--multi-host" in sys.argv[1:]:  # scripts/chaos_hosts.py: hosts as network namespaces
+        from chaos_hosts import main as multi_host_main
+
+        return multi_host_main([a for a in sys.argv[1:] if a != "--multi-host"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--multi-host",
+        action="store_true",
+        help="worker and clock hosts as network namespaces: partitions and freezes "
+        "(scripts/chaos_hosts.py; its own --scenario, --broker redis|rabbitmq|both, --jobs)",
+    )
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     args = parser.parse_args()

@@ -92,6 +92,17 @@ def clock_args() -> list[str]:
     return [sys.executable, "-m", "orchestrator", "clock"]
 
 
+def in_netns(namespace: str, args: list[str], hostname: str | None = None) -> list[str]:
+    """``args`` run inside the network namespace ``namespace``, under ``hostname`` when given
+    (a UTS namespace of its own, so ``socket.gethostname()`` names the test host). Each step
+    execs the next: the spawned pid is the command's own, so :meth:`Proc.kill` works."""
+    if hostname is None:
+        return ["ip", "netns", "exec", namespace, *args]
+    rename = 'hostname "$0" && exec "$@"'
+    return ["ip", "netns", "exec", namespace, "unshare", "--uts", "--", "sh", "-c", rename,
+            hostname, *args]  # fmt: skip
+
+
 def wait_for_log(proc: Proc, needle: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
