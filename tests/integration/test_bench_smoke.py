@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import psycopg
+import pytest
 
 from orchestrator.dev.benchmarks import charges
 from orchestrator.dev.benchmarks.runner import build_parser
@@ -60,3 +61,53 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
         / report.result(charges.Variant.NAIVE, 0.0).rate
     )
     assert f"0 ms: orchestrator/naive {ratio:.2f} ({ratio:.2f}-{ratio:.2f})" in summary
+
+
+def test_history_benchmark_reports_every_operation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The history benchmark with 20,000 finished jobs (and fewer calls per operation): the
+    table names all five operations with both figures, a ratio and a verdict, the load is
+    reported with the tables' sizes, and the throwaway database is gone afterwards."""
+    from orchestrator.dev.benchmarks import history
+
+    for name, value in (("ENQUEUE_CALLS", 50), ("CLAIMS", 50), ("WARMUP_CALLS", 10)):
+        monkeypatch.setattr(history, name, value)
+    args = build_parser().parse_args(
+        [
+            "--only",
+            "history",
+            "--charges",
+            "20000",
+            "--database-url",
+            TEST_DATABASE_URL,
+            "--redis-url",
+            TEST_REDIS_URL,
+        ]
+    )
+    history.run(args)
+    out = capsys.readouterr().out
+    assert "the present beside 20,000 finished jobs" in out
+    labels = {label: operation for operation, _, label in history.ROWS}
+    rows = {
+        label: line.removeprefix(label).split()
+        for line in out.splitlines()
+        for label in labels
+        if line.startswith(label)
+    }
+    assert set(labels.values()) == set(history.OPERATIONS)
+    assert set(rows) == set(labels), set(labels) - set(rows)
+    for label, cells in rows.items():
+        empty_ms, full_ms, ratio, verdict = cells[:4]
+        assert float(empty_ms) > 0 and float(full_ms) > 0, label
+        assert verdict == ("ok" if float(ratio) <= history.TARGET_RATIO else "OVER"), label
+    assert "history loaded in" in out
+    for table in ("jobs", "job_transitions", "job_attempts"):
+        assert any(line.startswith(f"{table} ") for line in out.splitlines()), table
+    assert "target: every operation within 1.20x" in out
+    with psycopg.connect(TEST_DATABASE_URL) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s",
+            (f"orchestrator_bench_history_{os.getpid()}",),
+        ).fetchone()
+    assert left == (0,), "the bench database is dropped at the end"

@@ -15,6 +15,7 @@ SQL_MODULES = {
     "orchestrator.db.store",
     "orchestrator.db.ops",
     "orchestrator.db.astore",
+    "orchestrator.db.bench",
 }
 
 

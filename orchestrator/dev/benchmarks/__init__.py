@@ -10,6 +10,7 @@ MODULES: tuple[str, ...] = (
     "orchestrator.dev.benchmarks.webhooks",
     "orchestrator.dev.benchmarks.breaker",
     "orchestrator.dev.benchmarks.bulk",
+    "orchestrator.dev.benchmarks.history",
 )
 
 __all__ = ["MODULES"]

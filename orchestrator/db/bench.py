@@ -1,0 +1,227 @@
+"""SQL of the benchmarks themselves (``scripts/bench --only history``): a bulk load of
+synthetic finished jobs, table sizes, and the shared buffers a named query touches (EXPLAIN).
+Kept here because only ``orchestrator/db/`` executes SQL; the queries the benchmarks measure
+are the orchestrator's own, by name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from orchestrator.db.pool import q
+
+# History: rows per INSERT statement (one transaction each), the span of created_at, one
+# dead job in DEAD_EVERY.
+LOAD_CHUNK = 250_000
+LOADERS = 2
+HISTORY_SPAN_DAYS = 365
+# The newest finished job settled this long ago: history, not the present (outside the
+# metrics window, the dispatch grace and every lease).
+HISTORY_END_S = 3600
+DEAD_EVERY = 4_000
+TABLES = ("jobs", "job_transitions", "job_attempts")
+
+
+# -- SQL of the benchmark itself (the orchestrator's own queries are measured by name) ------
+
+_SECONDARY_INDEXES = """
+SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def
+FROM pg_index i
+WHERE i.indrelid = ANY(%s::regclass[])
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+ORDER BY 1
+"""
+
+# One chunk of history: jobs g = first..last of n, their transitions, their attempt when
+# inside the retention window. Valid rows for every domain and CHECK of schema.sql.
+_LOAD_CHUNK = """
+WITH src AS (
+    SELECT g,
+           now() - make_interval(secs => %(end_s)s + (%(n)s - g)::float8 * %(step_s)s) AS at,
+           (CASE WHEN g %% %(dead_every)s = 0 THEN 'dead'
+                 WHEN g %% 100 < 90 THEN 'succeeded'
+                 WHEN g %% 100 < 97 THEN 'failed'
+                 ELSE 'cancelled' END)::job_state AS state
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
+), ins AS (
+    INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, amount, currency,
+                      customer, payment_method, params, attempts, max_attempts,
+                      next_attempt_at, deadline_at, dispatched_at, last_attempt_at,
+                      provider_ref, provider_status, last_error_code, last_error, dead_reason,
+                      changed_by, change_reason, created_at, updated_at)
+    SELECT 'charge', 'stripe', state, 'history-' || lpad(g::text, 12, '0'),
+           md5(g::text) || md5((g + 1)::text), 100 + g %% 100000, 'usd',
+           'cus_h' || (g %% 50000), 'pm_card_visa', jsonb_build_object('order', g),
+           CASE WHEN state = 'cancelled' THEN 0 ELSE 1 END, 8,
+           at, at + interval '20 hours', at,
+           CASE WHEN state = 'cancelled' THEN NULL ELSE at + interval '100 ms' END,
+           CASE WHEN state = 'succeeded' THEN 'pi_h' || lpad(g::text, 20, '0') END,
+           CASE state WHEN 'succeeded' THEN 'succeeded'
+                      WHEN 'failed' THEN 'requires_payment_method' END,
+           CASE state WHEN 'failed' THEN 'card_declined' WHEN 'dead' THEN 'api_error' END,
+           CASE state WHEN 'failed' THEN 'Your card was declined.'
+                      WHEN 'dead' THEN 'An error occurred with our connection to Stripe.' END,
+           CASE WHEN state = 'dead' THEN 'attempts_exhausted' END,
+           CASE WHEN state = 'cancelled' THEN 'cli:ops' ELSE 'worker:history' END,
+           CASE state WHEN 'succeeded' THEN 'provider reports succeeded'
+                      WHEN 'failed' THEN 'card_declined'
+                      WHEN 'dead' THEN 'attempts exhausted'
+                      ELSE 'cancelled before it ran' END,
+           at, at + interval '1 second'
+    FROM src
+    RETURNING id, state, created_at, provider_ref, last_error_code
+), transitions AS (
+    INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason, at)
+    SELECT ins.id, t.from_state, t.to_state, t.changed_by, t.reason, ins.created_at + t.after
+    FROM ins CROSS JOIN LATERAL (VALUES
+        (1, NULL::job_state, 'pending'::job_state, 'api', 'accepted', interval '0'),
+        (2, 'pending', CASE WHEN ins.state = 'cancelled' THEN 'cancelled'::job_state
+                            ELSE 'running' END,
+            'worker:history', 'claimed for attempt 1', interval '100 ms'),
+        (3, 'running', ins.state, 'worker:history', 'settled', interval '1 second')
+    ) AS t(step, from_state, to_state, changed_by, reason, after)
+    WHERE t.step < 3 OR ins.state <> 'cancelled'
+), attempts AS (
+    INSERT INTO job_attempts (job_id, attempt, key_generation, provider_key, worker, outcome,
+                              error_class, error_code, http_status, provider_ref, duration_ms,
+                              started_at, finished_at)
+    SELECT id, 1, 0, id::text || ':0', 'worker:history',
+           (CASE state WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'permanent'
+                       ELSE 'ambiguous' END)::attempt_outcome,
+           CASE state WHEN 'failed' THEN 'CardError' WHEN 'dead' THEN 'APIError' END,
+           last_error_code,
+           CASE state WHEN 'succeeded' THEN 200 WHEN 'failed' THEN 402 ELSE 500 END,
+           provider_ref, 350, created_at + interval '100 ms', created_at + interval '450 ms'
+    FROM ins
+    WHERE state <> 'cancelled'
+      AND created_at > now() - make_interval(days => %(retention_days)s)
+)
+SELECT count(*) AS n FROM ins
+"""
+
+# The present: dead jobs (newest first in the DLQ) with an attempt each in the metrics window.
+SEED_PRESENT = """
+WITH dead AS (
+    INSERT INTO jobs (kind, provider, state, idempotency_key, fingerprint, amount, currency,
+                      payment_method, attempts, max_attempts, deadline_at, dead_reason,
+                      last_error_code, changed_by, change_reason, created_at)
+    SELECT 'charge', 'stripe', 'dead', 'live-dead-' || %(tag)s || '-' || g,
+           md5(g::text) || md5(%(tag)s), 1000, 'usd', 'pm_card_visa', 1, 8,
+           now() + interval '20 hours', 'attempts_exhausted', 'api_error', 'bench', 'seeded',
+           now() - g * interval '1 second'
+    FROM generate_series(1, %(n)s) AS g
+    RETURNING id
+)
+INSERT INTO job_attempts (job_id, attempt, key_generation, worker, outcome, error_code,
+                          http_status, duration_ms, started_at)
+SELECT id, 1, 0, 'worker:bench', 'ambiguous', 'api_error', 500, 420, now()
+FROM dead
+"""
+
+_SIZES = """
+SELECT c.relname AS name, c.reltuples::bigint AS tuples,
+       pg_relation_size(c.oid) AS heap, pg_indexes_size(c.oid) AS indexes,
+       pg_total_relation_size(c.oid) AS total
+FROM pg_class c WHERE c.oid = ANY(%s::regclass[])
+ORDER BY total DESC
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    jobs: int
+    insert_s: float
+    index_s: float
+    vacuum_s: float
+    sizes: list[tuple[str, int, int, int, int]]
+
+    @property
+    def total_s(self) -> float:
+        return self.insert_s + self.index_s + self.vacuum_s
+
+
+def buffers(conn: psycopg.Connection[Any], name: str, args: dict[str, Any]) -> int:
+    """Shared buffers (hit + read) the execution of the named query touched, from EXPLAIN
+    (ANALYZE, BUFFERS); run in a transaction rolled back, so a modifying query changes
+    nothing."""
+    try:
+        row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q(name), args).fetchone()
+    finally:
+        conn.rollback()
+    if row is None:
+        raise RuntimeError(f"EXPLAIN of {name} returned nothing")
+    plan = row[0][0]["Plan"]
+    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+
+
+def load_history(
+    url: str, n: int, retention_days: int, progress: Callable[[str], object] = print
+) -> Load:
+    """N finished jobs with their transitions and recent attempts, as a bulk load would make
+    them: secondary indexes dropped first and built after, triggers off, then VACUUM ANALYZE."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        for table in TABLES:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(
+                    sql.Identifier(table)
+                )
+            )
+        indexes = conn.execute(_SECONDARY_INDEXES, (list(TABLES),)).fetchall()
+        for name, _ in indexes:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        started = time.perf_counter()
+        chunks = [(first, min(first + LOAD_CHUNK - 1, n)) for first in range(1, n + 1, LOAD_CHUNK)]
+        step_s = HISTORY_SPAN_DAYS * 86400 / n
+
+        def load_chunk(chunk: tuple[int, int]) -> int:
+            args = {
+                "n": n,
+                "first": chunk[0],
+                "last": chunk[1],
+                "step_s": step_s,
+                "end_s": HISTORY_END_S,
+                "dead_every": DEAD_EVERY,
+                "retention_days": retention_days,
+            }
+            with psycopg.connect(url, autocommit=True) as loader:
+                loader.execute("SET session_replication_role = replica")
+                loader.execute("SET synchronous_commit = off")
+                loader.execute(_LOAD_CHUNK, args)
+            return chunk[1]
+
+        # One loader a core: each statement runs in one backend.
+        with ThreadPoolExecutor(max_workers=LOADERS) as pool:
+            for last in pool.map(load_chunk, chunks):
+                if n > LOAD_CHUNK:
+                    progress(f"   {last:,} jobs in {time.perf_counter() - started:.0f}s")
+        insert_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for _, definition in indexes:
+            conn.execute(definition)
+        index_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for table in TABLES:
+            ident = sql.Identifier(table)
+            conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident))
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
+        # The load dirtied gigabytes of shared buffers: written out now, so no checkpoint
+        # flushes them while the second run measures.
+        conn.execute("CHECKPOINT")
+        vacuum_s = time.perf_counter() - started
+        sizes = [
+            (str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]))
+            for r in conn.execute(_SIZES, (list(TABLES),)).fetchall()
+        ]
+    return Load(n, insert_s, index_s, vacuum_s, sizes)
+
+
+def execute(url: str, statement: str, args: dict[str, Any] | None = None) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, args)
