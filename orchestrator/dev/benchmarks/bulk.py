@@ -24,10 +24,7 @@ import time
 import uuid
 from typing import Any
 
-import redis
-
 from orchestrator.api import Orchestrator
-from orchestrator.config import load_settings
 from orchestrator.dev.benchmarks import support
 from orchestrator.dev.benchmarks.support import BenchError
 
@@ -63,24 +60,12 @@ def _sent(orch: Orchestrator) -> float:
 def run(args: argparse.Namespace) -> None:
     n = args.charges or (QUICK_CHARGES if args.quick else DEFAULT_CHARGES)
     tag = uuid.uuid4().hex[:8]
-    namespace = f"orchestrator-bench-bulk-{tag}"
-    client = redis.Redis.from_url(args.redis_url)
-    try:
-        with support.fresh_database(
-            args.database_url, f"orchestrator_bench_bulk_{os.getpid()}"
-        ) as url:
-            settings = load_settings(
-                database_url=url,
-                redis_url=args.redis_url,
-                redis_namespace=namespace,
-                stripe_api_key=support.BENCH_STRIPE_KEY,
-                log_level="warning",
-            )
-            with Orchestrator(settings) as orch, contextlib.closing(orch.broker):
-                figures = _measure(orch, n, tag, max(args.repeat, BATCHES))
-    finally:
-        support.flush_namespace(client, namespace)
-        client.close()
+    with (
+        support.bench_world(args.database_url, args.redis_url, "bulk") as world,
+        Orchestrator(world.settings) as orch,
+        contextlib.closing(orch.broker),
+    ):
+        figures = _measure(orch, n, tag, max(args.repeat, BATCHES))
     _report(n, *figures)
 
 

@@ -36,7 +36,6 @@ import contextlib
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,7 @@ from prometheus_client import generate_latest
 from psycopg.types.json import Jsonb
 
 from orchestrator.api import Orchestrator
-from orchestrator.config import Settings, load_settings
+from orchestrator.config import Settings
 from orchestrator.db.bench import (
     SEED_PRESENT,
     Load,
@@ -127,30 +126,17 @@ OPERATION_QUERIES: dict[str, tuple[str, ...]] = {
 
 def run(args: argparse.Namespace) -> None:
     n = args.charges or (QUICK_HISTORY if args.quick else DEFAULT_HISTORY)
-    tag = uuid.uuid4().hex[:8]
-    namespace = f"orchestrator-bench-history-{tag}"
-    client = redis.Redis.from_url(args.redis_url)
-    try:
-        with support.fresh_database(
-            args.database_url, f"orchestrator_bench_history_{os.getpid()}"
-        ) as url:
-            settings = load_settings(
-                database_url=url,
-                redis_url=args.redis_url,
-                redis_namespace=namespace,
-                stripe_api_key=support.BENCH_STRIPE_KEY,
-                log_level="warning",
-                audit_interval_s=0,  # the audit lists Stripe's objects: no provider here
-            )
-            machine = support.machine_summary(url, client)
-            empty = _phase(settings, "empty")
-            _clear(url, client, namespace)
-            print(f"== history: loading {n:,} finished jobs ...", flush=True)
-            load = load_history(url, n, settings.attempt_retention_days)
-            full = _phase(settings, "full")
-    finally:
-        support.flush_namespace(client, namespace)
-        client.close()
+    # The audit lists Stripe's objects: no provider here.
+    with support.bench_world(
+        args.database_url, args.redis_url, "history", audit_interval_s=0
+    ) as world:
+        settings, url = world.settings, world.settings.database_url
+        machine = support.machine_summary(url, world.client)
+        empty = _phase(settings, "empty")
+        _clear(url, world.client, world.namespace)
+        print(f"== history: loading {n:,} finished jobs ...", flush=True)
+        load = load_history(url, n, settings.attempt_retention_days)
+        full = _phase(settings, "full")
     print(render(n, empty, full, load, machine))
 
 

@@ -16,15 +16,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
 
+from orchestrator.config import Settings, load_settings
 from orchestrator.db.pool import create_database, drop_database, migrate, server_version
 from orchestrator.dev.benchmarks.runner import BenchError
 from orchestrator.dev.simulator import SimulatorControl
@@ -72,6 +75,37 @@ def fresh_database(server_url: str, name: str | None = None) -> Iterator[str]:
         yield url
     finally:
         drop_database(server_url, name)
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """A benchmark's own database and Redis namespace, and the settings pointing at them."""
+
+    settings: Settings
+    client: redis.Redis
+    namespace: str
+
+
+@contextmanager
+def bench_world(database_url: str, redis_url: str, name: str, **overrides: Any) -> Iterator[World]:
+    """A fresh database ``orchestrator_bench_<name>_<pid>`` and a namespace unique to the run,
+    with settings for them (``overrides`` added); both are removed at the end."""
+    namespace = f"orchestrator-bench-{name}-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with fresh_database(database_url, f"orchestrator_bench_{name}_{os.getpid()}") as url:
+            settings = load_settings(
+                database_url=url,
+                redis_url=redis_url,
+                redis_namespace=namespace,
+                stripe_api_key=BENCH_STRIPE_KEY,
+                log_level="warning",
+                **overrides,
+            )
+            yield World(settings, client, namespace)
+    finally:
+        flush_namespace(client, namespace)
+        client.close()
 
 
 # -- redis ---------------------------------------------------------------------------------
