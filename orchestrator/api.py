@@ -98,6 +98,9 @@ class Orchestrator:
         application_fee_amount: int | None = None,
         on_behalf_of: str | None = None,
         capture: bool | None = None,
+        provider: str | None = None,
+        failover: Mapping[str, str] | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         conn: Conn | None = None,
     ) -> Job:
         """Accept a charge as a job (or return the job this key already made).
@@ -114,6 +117,16 @@ class Orchestrator:
         ``next_action`` and ``client_secret`` in ``job.provider_details``. The other keyword
         arguments are Stripe's PaymentIntent fields of the same names; ``stripe_account`` is
         sent as the ``Stripe-Account`` header (Connect), which also scopes keys and lookups.
+
+        ``provider`` names a registered payment provider (``orchestrator.providers.registry``);
+        without it, ``ORCHESTRATOR_ROUTES`` picks one by currency (default Stripe). Fields a
+        provider takes that are not named here go in ``provider_options`` and are checked by
+        that provider (Razorpay: ``{"email": ..., "contact": ...}``); Stripe's named fields are
+        refused by a provider that does not take them. ``failover={"provider": ...,
+        "payment_method": ..., "customer": ...}`` (the other provider's own tokens) moves the
+        charge there only when the first provider provably never executed it (connection
+        refused, 429, its breaker or rate limiter denied the call), never after an ambiguous
+        outcome; the job's attempts then name both providers.
 
         With ``conn``, the job is inserted inside the caller's open transaction and its message
         goes out only once that transaction commits (rolled back: no job, no message).
@@ -138,6 +151,10 @@ class Orchestrator:
             application_fee_amount=application_fee_amount,
             on_behalf_of=on_behalf_of,
             capture=capture,
+            provider=provider,
+            failover=failover,
+            provider_options=provider_options,
+            route=self.settings.charge_provider,
         )
         return self._enqueue(row, conn)
 
@@ -167,14 +184,17 @@ class Orchestrator:
         from_email: str | None = None,
         template_data: Mapping[str, Any] | None = None,
         at_least_once: bool = False,
+        provider: str | None = None,
         conn: Conn | None = None,
     ) -> Job:
-        """Accept an email (plain-text ``body`` or a SendGrid ``template``) as a job.
+        """Accept an email (plain-text ``body`` or a provider ``template``) as a job.
 
-        SendGrid keeps no idempotency keys, so a send whose outcome is unknown (connection cut,
-        timeout, 5xx) is never retried: it goes ``dead`` with reason ``ambiguous``. With
-        ``at_least_once=True`` it is retried instead, and may then be delivered twice.
-        ``from_email`` defaults to ``ORCHESTRATOR_EMAIL_FROM``. ``conn`` as in :meth:`charge`.
+        ``provider`` is ``sendgrid``, ``ses`` (Amazon SES v2) or another registered email
+        provider; default ``ORCHESTRATOR_EMAIL_PROVIDER``. Neither keeps idempotency keys, so a
+        send whose outcome is unknown (connection cut, timeout, 5xx) is never retried: it goes
+        ``dead`` with reason ``ambiguous``. With ``at_least_once=True`` it is retried instead,
+        and may then be delivered twice. ``from_email`` defaults to ``ORCHESTRATOR_EMAIL_FROM``.
+        ``conn`` as in :meth:`charge`.
         """
         row = rq.email_row(
             self.settings,
@@ -186,6 +206,7 @@ class Orchestrator:
             from_email=from_email,
             template_data=template_data,
             at_least_once=at_least_once,
+            provider=provider,
         )
         return self._enqueue(row, conn)
 
@@ -427,21 +448,7 @@ class Orchestrator:
             return self._executor
 
     def providers(self) -> dict[str, Provider]:
-        from orchestrator.providers.stripe import StripeProvider
+        """Every configured provider of the registry (``orchestrator.providers.registry``)."""
+        from orchestrator.providers.registry import build_providers
 
-        stripe_provider = StripeProvider(
-            self.settings.require_secret("stripe_api_key"),
-            api_base=self.settings.stripe_api_base,
-            connect_timeout_s=self.settings.provider_connect_timeout_s,
-            read_timeout_s=self.settings.provider_read_timeout_s,
-        )
-        providers: dict[str, Provider] = {"stripe": stripe_provider}
-        if self.settings.sendgrid_api_key is not None:
-            from orchestrator.providers.sendgrid import SendGridProvider
-
-            providers["sendgrid"] = SendGridProvider(
-                self.settings.require_secret("sendgrid_api_key"),
-                api_base=self.settings.sendgrid_api_base,
-                timeout_s=self.settings.provider_read_timeout_s,
-            )
-        return providers
+        return build_providers(self.settings)

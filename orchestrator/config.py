@@ -1,6 +1,9 @@
 """Settings, read from the environment (and a ``.env`` file) and validated once at start.
 
 Secrets are held as :class:`pydantic.SecretStr`, so printing the settings never shows them.
+Each may be given as an ``aws-sm://`` reference or through an ``X_FILE`` file, and is then
+re-read every ``ORCHESTRATOR_SECRETS_REFRESH_S`` (:mod:`orchestrator.secrets`, whose
+:class:`~orchestrator.secrets.SecretSettings` this class extends).
 A missing or invalid setting raises :class:`~orchestrator.errors.ConfigError` whose message
 names the variable (never its value); the CLI turns that into exit code 2.
 """
@@ -9,19 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+from orchestrator.models import JobKind
+from orchestrator.secrets import SecretSettings, load_secret_settings
 
 # Stripe keeps idempotency keys for at least 24 hours. Every retry of a job must happen well
 # inside that window, or a late retry could execute a second time: the horizon is capped at 20 h.
@@ -64,6 +62,24 @@ def parse_rate_limits(text: str) -> dict[str, float]:
     return limits
 
 
+def parse_routes(text: str) -> list[tuple[str, str]]:
+    """``"inr=razorpay,*=stripe"`` -> [("inr", "razorpay"), ("*", "stripe")]: the provider of
+    a charge by its currency, first match first; a currency is three letters or ``*``."""
+    routes: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        currency, sep, provider = (s.strip().lower() for s in part.partition("="))
+        if not sep or not _PROVIDER_RE.fullmatch(provider) or not _CURRENCY_RE.fullmatch(currency):
+            raise ValueError(f"expected CURRENCY=PROVIDER or *=PROVIDER, got {part!r}")
+        routes.append((currency, provider))
+    if not routes:
+        raise ValueError("expected at least one CURRENCY=PROVIDER")
+    return routes
+
+
+_PROVIDER_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_CURRENCY_RE = re.compile(r"[a-z]{3}|\*")
+
+
 def parse_settle_hooks(text: str) -> list[tuple[str, str]]:
     """``"billing:order_paid,notify"`` -> [("billing", "order_paid"), ("default", "notify")]:
     dramatiq actors (``QUEUE:ACTOR``; the queue defaults to ``default``) told of every settle."""
@@ -99,8 +115,13 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class Settings(BaseSettings):
-    """Every tunable of the orchestrator. Field aliases are the environment variable names."""
+class Settings(SecretSettings):
+    """Every tunable of the orchestrator. Field aliases are the environment variable names.
+
+    ``ORCHESTRATOR_SECRETS_REFRESH_S`` and ``ORCHESTRATOR_SECRETS_OVERLAP_S`` (the refresh of
+    references and files, and the overlap of rotated values) come from SecretSettings, as do
+    ``require_secret`` and ``secret_values``.
+    """
 
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", populate_by_name=False, frozen=True
@@ -123,6 +144,11 @@ class Settings(BaseSettings):
     sendgrid_api_base: str = Field(
         "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE")
     )
+    # The payment provider of a charge that names none, by currency: "inr=razorpay,*=stripe"
+    # (the first match wins; "*" is any currency). Every name must be a registered provider.
+    routes: str = Field("*=stripe", validation_alias=_env("ORCHESTRATOR_ROUTES"))
+    # The email provider of orch.send_email() when the call names none.
+    email_provider: str = Field("sendgrid", validation_alias=_env("ORCHESTRATOR_EMAIL_PROVIDER"))
     # The sender of orch.send_email() when the call names none (a verified SendGrid sender).
     email_from: str | None = Field(None, validation_alias=_env("ORCHESTRATOR_EMAIL_FROM"))
     ops_token: SecretStr | None = Field(None, validation_alias=_env("ORCHESTRATOR_OPS_TOKEN"))
@@ -330,6 +356,30 @@ class Settings(BaseSettings):
         parse_settle_hooks(value)
         return value
 
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        from orchestrator.providers.registry import provider_for
+
+        for _currency, provider in parse_routes(value):
+            provider_for(provider, JobKind.CHARGE)  # ValidationError names an unknown one
+        return value
+
+    @field_validator("email_provider")
+    @classmethod
+    def _email_provider(cls, value: str) -> str:
+        from orchestrator.providers.registry import provider_for
+
+        provider_for(value.strip(), JobKind.EMAIL)
+        return value.strip()
+
+    def charge_provider(self, currency: str) -> str:
+        """The provider ORCHESTRATOR_ROUTES names for a charge in ``currency``."""
+        for route, provider in parse_routes(self.routes):
+            if route in ("*", currency.lower()):
+                return provider
+        raise ConfigError(f"ORCHESTRATOR_ROUTES names no provider for {currency.upper()}")
+
     @field_validator("breaker_min_calls")
     @classmethod
     def _min_calls_fit_window(cls, value: int, info: ValidationInfo) -> int:
@@ -414,28 +464,13 @@ class Settings(BaseSettings):
         calls_s = 2 * (self.provider_connect_timeout_s + self.provider_read_timeout_s)
         return calls_s + self.lease_margin_s
 
-    def require_secret(self, name: str) -> str:
-        """Return a secret setting's value, or raise ConfigError naming its variable."""
-        value = getattr(self, name)
-        if value is None or not value.get_secret_value():
-            raise ConfigError(f"{_ALIASES[name]} is not set")
-        secret: str = value.get_secret_value()
-        return secret
 
-
-_ALIASES = {
-    name: str(field.validation_alias.choices[0])  # type: ignore[union-attr]
-    for name, field in Settings.model_fields.items()
-}
+# Field name -> environment variable (tests reproduce settings in child processes with it).
+_ALIASES = {name: Settings.variable_of(name) for name in Settings.model_fields}
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; raise ConfigError with one line naming the culprit."""
-    try:
-        env_overrides: dict[str, Any] = {_ALIASES[k]: value for k, value in overrides.items()}
-        return Settings(**env_overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        location = first["loc"][0] if first["loc"] else "settings"
-        message = "is not set" if first["type"] == "missing" else f"is invalid: {first['msg']}"
-        raise ConfigError(f"{location} {message}") from None
+    """Read and validate the settings (``overrides`` by field name win over the environment),
+    resolving secret references and files; raise ConfigError with one line naming the
+    culprit."""
+    return load_secret_settings(Settings, **overrides)

@@ -8,6 +8,7 @@ webhook secrets, bearer tokens and card numbers from every event, stdlib records
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -140,9 +141,25 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     root.setLevel(level.upper())
     # The stripe SDK logs request lines at INFO; keep it to warnings. SendGrid's HTTP client
     # logs whole payloads and headers (addresses, bodies, the API key) at DEBUG: never below
-    # warnings, whatever ORCHESTRATOR_LOG_LEVEL says.
-    for name in ("stripe", "python_http_client"):
+    # warnings, whatever ORCHESTRATOR_LOG_LEVEL says. Every registered provider names its
+    # SDK's loggers (ProviderSpec.sdk_loggers).
+    for name in {*QUIET_LOGGERS, *_provider_sdk_loggers()}:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Quiet whatever the registry says: the SDKs of the built-in providers.
+QUIET_LOGGERS = ("stripe", "python_http_client")
+
+
+def _provider_sdk_loggers() -> set[str]:
+    from orchestrator.providers.registry import provider_names, spec
+
+    names: set[str] = set()
+    for provider in provider_names():
+        # A broken third-party provider fails where it is used, not in logging's set-up.
+        with contextlib.suppress(Exception):
+            names.update(spec(provider).sdk_loggers)
+    return names
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -23,7 +23,7 @@ from orchestrator.ops.heartbeats import FleetStatus, heartbeat_client
 from orchestrator.ops.http import ops_routes
 from orchestrator.ops.metrics import metrics_endpoint, metrics_registry
 from orchestrator.ops.service import Operations
-from orchestrator.providers.stripe.webhooks import stripe_endpoint
+from orchestrator.webhooks.ingest import webhook_routes
 
 
 def create_app(orch: Orchestrator | None = None) -> Starlette:
@@ -97,7 +97,7 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *metrics,
-            Route("/webhooks/stripe", stripe_endpoint(orchestrator), methods=["POST"]),
+            *webhook_routes(orchestrator),
             *ops,
             *app_api,
         ],

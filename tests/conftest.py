@@ -133,6 +133,14 @@ def simulator() -> Iterator[Any]:
     sim.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's AWS emulator in server mode (tests/aws.py), started on first use."""
+    from tests.aws import moto_session
+
+    yield from moto_session()
+
+
 def test_settings(database_url: str, redis_namespace: str, simulator_url: str, **extra: Any) -> Any:
     from orchestrator.config import load_settings
 

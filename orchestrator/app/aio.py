@@ -123,6 +123,9 @@ class AsyncOrchestrator:
         application_fee_amount: int | None = None,
         on_behalf_of: str | None = None,
         capture: bool | None = None,
+        provider: str | None = None,
+        failover: Mapping[str, str] | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         conn: AnyAConn | None = None,
     ) -> Job:
         """As :meth:`Orchestrator.charge <orchestrator.api.Orchestrator.charge>`; ``conn`` is
@@ -146,6 +149,10 @@ class AsyncOrchestrator:
             application_fee_amount=application_fee_amount,
             on_behalf_of=on_behalf_of,
             capture=capture,
+            provider=provider,
+            failover=failover,
+            provider_options=provider_options,
+            route=self.settings.charge_provider,
         )
         return await self._enqueue(row, conn)
 
@@ -160,6 +167,7 @@ class AsyncOrchestrator:
         from_email: str | None = None,
         template_data: Mapping[str, Any] | None = None,
         at_least_once: bool = False,
+        provider: str | None = None,
         conn: AnyAConn | None = None,
     ) -> Job:
         """As :meth:`Orchestrator.send_email <orchestrator.api.Orchestrator.send_email>`;
@@ -174,6 +182,7 @@ class AsyncOrchestrator:
             from_email=from_email,
             template_data=template_data,
             at_least_once=at_least_once,
+            provider=provider,
         )
         return await self._enqueue(row, conn)
 

@@ -12,7 +12,7 @@ for Redis), or with ``conn=`` to the clock's NOTIFY dispatch at the caller's com
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.app import requests as rq
@@ -41,6 +41,9 @@ OPTIONAL_ARGUMENTS = (
     "application_fee_amount",
     "on_behalf_of",
     "capture",
+    "provider",
+    "failover",
+    "provider_options",
 )
 CHARGE_ARGUMENTS = frozenset(REQUIRED_ARGUMENTS + OPTIONAL_ARGUMENTS)
 
@@ -68,7 +71,7 @@ def charge_many(
 ) -> list[Job]:
     """Accept every item as a charge job (see ``Orchestrator.charge_many``); the jobs in the
     order of ``items``."""
-    rows = charge_rows(items)
+    rows = charge_rows(items, settings.charge_provider)
     if not rows:
         return []
     unique = distinct_by_key(rows)
@@ -86,7 +89,9 @@ def charge_many(
     return [by_key[row["idempotency_key"]] for row in rows]
 
 
-def charge_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def charge_rows(
+    items: Sequence[Mapping[str, Any]], route: Callable[[str], str] | None = None
+) -> list[dict[str, Any]]:
     """Every item's job row (without the batch-wide defaults); ``ValidationError`` naming the
     first bad item's index."""
     if isinstance(items, str | bytes | Mapping):
@@ -94,7 +99,7 @@ def charge_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for index, item in enumerate(items):
         try:
-            rows.append(rq.charge_row(**_arguments(item)))
+            rows.append(rq.charge_row(**_arguments(item), route=route))
         except ValidationError as exc:
             raise ValidationError(f"item {index}: {exc}") from exc
     return rows

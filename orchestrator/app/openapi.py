@@ -44,6 +44,7 @@ _UUID = {"type": "string", "format": "uuid"}
 _AMOUNT = {"type": "integer", "minimum": 1, "maximum": v.MAX_AMOUNT_MINOR}
 _PROVIDER_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,255}$"}
 _ACCOUNT = {"type": "string", "pattern": "^acct_[A-Za-z0-9]{1,250}$"}
+_PROVIDER_NAME = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}
 _EMAIL = {"type": "string", "format": "email", "maxLength": v.MAX_EMAIL_CHARS}
 _METADATA = {
     "type": "object",
@@ -107,6 +108,28 @@ CHARGE: dict[str, Any] = {
             "Connect fee (needs stripe_account, transfer_data or on_behalf_of)",
         ),
         "on_behalf_of": _opt(_ACCOUNT, "Connect settlement merchant"),
+        "provider": _opt(
+            _PROVIDER_NAME,
+            "a registered payment provider; default: by currency (ORCHESTRATOR_ROUTES)",
+        ),
+        "failover": _opt(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["provider", "payment_method"],
+                "properties": {
+                    "provider": _PROVIDER_NAME,
+                    "customer": _PROVIDER_ID,
+                    "payment_method": _PROVIDER_ID,
+                },
+            },
+            "second provider (with its own tokens), used only when the first provably never "
+            "executed the charge",
+        ),
+        "provider_options": _opt(
+            {"type": "object", "additionalProperties": True},
+            "fields the provider takes that are not named here, checked by the provider",
+        ),
     },
 }
 
@@ -157,6 +180,9 @@ EMAIL: dict[str, Any] = {
         ),
         "template_data": _opt(
             {"type": "object", "additionalProperties": True}, "dynamic template data"
+        ),
+        "provider": _opt(
+            _PROVIDER_NAME, "a registered email provider; default: ORCHESTRATOR_EMAIL_PROVIDER"
         ),
         "from_email": _opt(_EMAIL, "sender; default ORCHESTRATOR_EMAIL_FROM"),
         "at_least_once": _opt(

@@ -5,7 +5,7 @@ same fingerprint) whichever entry point accepted it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +13,12 @@ from orchestrator import validation as v
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, InvalidOperation, ValidationError
 from orchestrator.models import Job, JobKind, JobState
+from orchestrator.providers.registry import ProviderSpec, provider_for
 
 MAX_DESCRIPTION_CHARS = 1000
+# A charge's provider when neither the call nor ORCHESTRATOR_ROUTES names one; a charge to it
+# keeps the fingerprint charges always had.
+DEFAULT_CHARGE_PROVIDER = "stripe"
 
 # Email jobs carry no money fields.
 _NO_MONEY: dict[str, Any] = {
@@ -35,10 +39,17 @@ def charge_row(
     metadata: Mapping[str, str] | None = None,
     *,
     description: str | None = None,
+    provider: str | None = None,
+    failover: Mapping[str, Any] | None = None,
+    provider_options: Mapping[str, Any] | None = None,
+    route: Callable[[str], str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """The job row of a charge (see ``Orchestrator.charge`` for the arguments); ``options`` are
-    the Stripe pass-through fields, ``None`` meaning not given."""
+    the provider's pass-through fields, ``None`` meaning not given. Without ``provider``,
+    ``route`` (``Settings.charge_provider``: ORCHESTRATOR_ROUTES) picks it by currency."""
+    name = _charge_provider(provider, currency, route)
+    spec = provider_for(name, JobKind.CHARGE)
     request = {
         "kind": "charge",
         "amount": v.amount(amount),
@@ -50,15 +61,23 @@ def charge_row(
             "description", description, max_length=MAX_DESCRIPTION_CHARS, required=False
         ),
     }
-    checked = v.charge_options(amount, options)
+    checked = _provider_options(spec, amount, _merged(options, provider_options))
+    if spec.needs_customer and request["customer"] is None:
+        raise ValidationError(f"a {name} charge needs a customer")
     request.update(checked)  # only the options given: old requests keep their fingerprint
+    if name != DEFAULT_CHARGE_PROVIDER:
+        request["provider"] = name
+    if failover is not None:
+        request["failover"] = _failover(name, failover)
     key = v.idempotency_key(idempotency_key)
     params: dict[str, Any] = {"metadata": request["metadata"], **checked}
     if request["description"]:
         params["description"] = request["description"]
+    if failover is not None:
+        params["failover"] = request["failover"]
     return {
         "kind": JobKind.CHARGE.value,
-        "provider": "stripe",
+        "provider": name,
         "idempotency_key": key,
         "fingerprint": v.fingerprint(request),
         "amount": request["amount"],
@@ -68,6 +87,68 @@ def charge_row(
         "parent_job_id": None,
         "params": params,
     }
+
+
+def _charge_provider(
+    provider: str | None, currency: object, route: Callable[[str], str] | None
+) -> str:
+    if provider is not None:
+        if not isinstance(provider, str):
+            raise ValidationError("provider must be a provider name")
+        return provider
+    if route is None:
+        return DEFAULT_CHARGE_PROVIDER
+    return route(v.currency(currency))
+
+
+def _merged(options: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The named pass-through options plus ``provider_options`` (fields a provider takes that
+    ``charge()`` does not name); one given both ways is refused."""
+    if extra is None:
+        return dict(options)
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        raise ValidationError("provider_options must be a mapping of option names to values")
+    both = sorted(k for k in extra if options.get(k) is not None)
+    if both:
+        raise ValidationError(f"{both[0]} is given both as an argument and in provider_options")
+    return {**options, **extra}
+
+
+def _provider_options(
+    spec: ProviderSpec, amount: int, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The pass-through options the provider takes, checked by it; any other is refused."""
+    given = {k: val for k, val in options.items() if val is not None}
+    if spec.charge_options is None:
+        if given:
+            raise ValidationError(f"provider {spec.name!r} does not take {sorted(given)[0]}")
+        return {}
+    return spec.charge_options(v.amount(amount), options)
+
+
+def _failover(provider: str, failover: Mapping[str, Any]) -> dict[str, str]:
+    """Where a charge may go when ``provider`` provably never executed it: another charge
+    provider, with that provider's own customer and payment method tokens."""
+    if not isinstance(failover, Mapping):
+        raise ValidationError("failover must be a mapping of provider, customer, payment_method")
+    unknown = sorted(set(failover) - {"provider", "customer", "payment_method"})
+    if unknown:
+        raise ValidationError(f"failover takes no {unknown[0]}")
+    name = failover.get("provider")
+    if not isinstance(name, str):
+        raise ValidationError("failover needs a provider")
+    target = provider_for(name, JobKind.CHARGE)
+    if name == provider:
+        raise ValidationError("failover must name another provider than the charge's")
+    method = v.token("failover payment_method", failover.get("payment_method"), required=True)
+    assert method is not None  # required
+    out = {"provider": name, "payment_method": method}
+    customer = v.token("failover customer", failover.get("customer"), required=False)
+    if target.needs_customer and customer is None:
+        raise ValidationError(f"failover to {name} needs a customer")
+    if customer is not None:
+        out["customer"] = customer
+    return out
 
 
 def email_row(
@@ -81,8 +162,14 @@ def email_row(
     from_email: str | None = None,
     template_data: Mapping[str, Any] | None = None,
     at_least_once: bool = False,
+    provider: str | None = None,
 ) -> dict[str, Any]:
-    """The job row of an email (see ``Orchestrator.send_email``)."""
+    """The job row of an email (see ``Orchestrator.send_email``); ``provider`` defaults to
+    ORCHESTRATOR_EMAIL_PROVIDER."""
+    name = settings.email_provider if provider is None else provider
+    if not isinstance(name, str):
+        raise ValidationError("provider must be a provider name")
+    provider_for(name, JobKind.EMAIL)
     key = v.idempotency_key(idempotency_key)
     request = _email_request(to, subject, body, template, template_data, at_least_once)
     request["from_email"] = None if from_email is None else v.email("from_email", from_email)
@@ -93,9 +180,11 @@ def email_row(
     return {
         **_NO_MONEY,
         "kind": JobKind.EMAIL.value,
-        "provider": "sendgrid",
+        "provider": name,
         "idempotency_key": key,
-        "fingerprint": v.fingerprint({"kind": "email", **request}),
+        "fingerprint": v.fingerprint(
+            {"kind": "email", **request, **({} if name == "sendgrid" else {"provider": name})}
+        ),
         "params": {**params, "from": sender},
     }
 
@@ -297,6 +386,10 @@ def _on_charge(
 ) -> dict[str, Any]:
     """The row of a job acting on ``charge``'s PaymentIntent (refund, capture, void): on the
     charge's provider and, for a Connect charge, on the same account."""
+    try:
+        provider_for(charge.provider, kind)
+    except ValidationError as exc:
+        raise InvalidOperation(str(exc)) from None
     return {
         "kind": kind.value,
         "provider": charge.provider,

@@ -29,7 +29,6 @@ Modules (each imports only those above it): ``states`` (the enums), ``signals``
 from orchestrator.breaker.config import (
     HALF_OPEN_RECHECK_MS,
     PROBE_LEASE_MARGIN_S,
-    PROVIDERS,
     Breaker,
     BreakerConfig,
     BreakerStatus,
@@ -48,7 +47,6 @@ __all__ = [
     "HALF_OPEN_RECHECK_MS",
     "LUA_DIR",
     "PROBE_LEASE_MARGIN_S",
-    "PROVIDERS",
     "REDIS_RETRY_INTERVAL_S",
     "STATE_VALUES",
     "SUCCESS_BATCH_S",

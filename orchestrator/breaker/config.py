@@ -11,8 +11,6 @@ from orchestrator.breaker.signals import Signal
 from orchestrator.breaker.states import ALLOWED, BreakerState, OverrideAction, Verdict
 from orchestrator.config import Settings, parse_rate_limits
 
-# The providers an operator may name; status lists these even before their first call.
-PROVIDERS: tuple[str, ...] = ("stripe", "sendgrid")
 # While a probe is in flight, denied callers come back after at most this long: a probe
 # usually answers in well under a second, and the breaker closes the moment it does.
 HALF_OPEN_RECHECK_MS = 1000

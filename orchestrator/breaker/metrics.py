@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orchestrator.breaker.config import PROVIDERS
 from orchestrator.breaker.shared import SharedBreaker
 from orchestrator.breaker.states import BreakerState
+from orchestrator.providers.registry import provider_names
 
 # Metric values of orchestrator_breaker_state.
 STATE_VALUES: Mapping[BreakerState, int] = {
@@ -22,9 +22,10 @@ STATE_VALUES: Mapping[BreakerState, int] = {
 class BreakerCollector(Collector):
     """``orchestrator_breaker_state{provider}``: 0 closed, 1 half_open, 2 open (from Redis)."""
 
-    def __init__(self, breaker: SharedBreaker, providers: tuple[str, ...] = PROVIDERS) -> None:
+    def __init__(self, breaker: SharedBreaker, providers: tuple[str, ...] | None = None) -> None:
         self.breaker = breaker
-        self.providers = providers
+        # Every registered provider, listed even before its first call.
+        self.providers = providers if providers is not None else provider_names()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         gauge = GaugeMetricFamily(

@@ -13,12 +13,13 @@ import getpass
 
 import redis
 
-from orchestrator.breaker import PROVIDERS, BreakerConfig, BreakerStatus, RedisBreaker
+from orchestrator.breaker import BreakerConfig, BreakerStatus, RedisBreaker
 from orchestrator.breaker import redis_client as make_redis_client
 from orchestrator.cli.common import EXIT_OK, Commands, UsageError, command, group, print_json
 from orchestrator.config import Settings, load_settings
 from orchestrator.db.ops import audited
 from orchestrator.errors import OrchestratorError
+from orchestrator.providers.registry import provider_names
 
 # The CLI talks to Redis once per command: a generous timeout (s) beats a false "unreachable".
 CLI_REDIS_TIMEOUT_S = 2.0
@@ -33,7 +34,7 @@ def register(commands: Commands) -> None:
         ("close", "close a breaker: counts and cooldown reset, any hold released"),
     ):
         p = command(breaker, action, cmd_override, help_)
-        p.add_argument("provider", choices=PROVIDERS)
+        p.add_argument("provider", choices=provider_names())
         p.add_argument("--reason", required=True, help="why (recorded with your name)")
         p.add_argument("--actor", help="who (default: cli:<login name>)")
         p.set_defaults(action=action)
@@ -53,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings()
     breaker = _breaker(settings)
     try:
-        statuses = [breaker.status(p) for p in PROVIDERS]
+        statuses = [breaker.status(p) for p in provider_names()]
     except redis.RedisError as exc:
         raise _unreachable(exc) from exc
     if args.json:

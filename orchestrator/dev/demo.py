@@ -311,10 +311,11 @@ class Demo:
         return self.orch.ops_store.demo_jobs(self._ids())
 
     def _breaker_trips(self) -> dict[str, int]:
-        from orchestrator.breaker import PROVIDERS, SharedBreaker
+        from orchestrator.breaker import SharedBreaker
+        from orchestrator.providers.registry import provider_names
 
         breaker = SharedBreaker.from_settings(self.orch.settings)
-        return {p: breaker.status(p).trips for p in PROVIDERS}
+        return {p: breaker.status(p).trips for p in provider_names()}
 
     def _summary(
         self,

@@ -10,9 +10,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator.breaker import PROVIDERS, SharedBreaker
+from orchestrator.breaker import SharedBreaker
 from orchestrator.ops.auth import OpsAuth
 from orchestrator.ops.service import Operations
+from orchestrator.providers.registry import provider_names
 
 # The dashboard's chart covers the last hour, one point per minute.
 CHART_WINDOW_S = 3600
@@ -37,4 +38,4 @@ class Surface:
 
 def breaker_states(breaker: SharedBreaker) -> list[dict[str, Any]]:
     """Each provider's breaker, as the shared breaker (Redis) sees it."""
-    return [breaker.status(provider).to_dict() for provider in PROVIDERS]
+    return [breaker.status(provider).to_dict() for provider in provider_names()]

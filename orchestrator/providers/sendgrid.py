@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import http.client
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import python_http_client.exceptions as sg_errors
 import sendgrid
 
-from orchestrator.models import AttemptOutcome, Job
+from orchestrator.config import Settings
+from orchestrator.models import AttemptOutcome, Job, JobKind
 from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
 from orchestrator.providers.http import clip, header, retry_after_s
+from orchestrator.providers.registry import ProviderSpec
 from orchestrator.validation import JOB_ID_METADATA_KEY
 
 # 503 means SendGrid did not take the request in (v3 API unavailable): provably not delivered.
@@ -47,16 +49,35 @@ class SendGridProvider:
     name = "sendgrid"
     honours_idempotency_keys = False
 
-    def __init__(self, api_key: str, *, api_base: str, timeout_s: float) -> None:
-        self._client = sendgrid.SendGridAPIClient(api_key, host=api_base)
-        # urllib has one timeout for connecting and for each read; the SDK has none by
-        # default (it would wait forever). Every request built from this client inherits it.
-        self._client.client.timeout = timeout_s
+    def __init__(
+        self, api_key: str | Callable[[], str], *, api_base: str, timeout_s: float
+    ) -> None:
+        """``api_key`` is the key, or a callable read before every send (e.g. ``lambda:
+        settings.require_secret("sendgrid_api_key")``) so a rotated key is used at once."""
+
+        def new_client(key: str) -> Any:
+            client = sendgrid.SendGridAPIClient(key, host=api_base)
+            # urllib has one timeout for connecting and for each read; the SDK has none by
+            # default (it would wait forever). Every request built from this client inherits it.
+            client.client.timeout = timeout_s
+            return client
+
+        self._api_key: Callable[[], str] = api_key if callable(api_key) else lambda: api_key
+        self._new_client = new_client
+        key = self._api_key()
+        # The client holds the key in its headers: a changed key gets a new client (two
+        # threads seeing the change at once may each build one; either is right).
+        self._keyed_client: tuple[str, Any] = (key, new_client(key))
 
     def execute(self, job: Job, idempotency_key: str) -> Outcome:
         """Send the job's message once. ``idempotency_key`` is unused: SendGrid has none."""
+        key = self._api_key()
+        current_key, client = self._keyed_client
+        if key != current_key:
+            client = self._new_client(key)
+            self._keyed_client = (key, client)
         try:
-            response = self._client.send(mail_body(job))
+            response = client.send(mail_body(job))
         except Exception as exc:
             return classify_error(exc)
         return outcome_of_response(job, response.status_code, response.headers)
@@ -172,3 +193,24 @@ def _error_message(exc: sg_errors.HTTPError) -> str:
     except Exception:  # not JSON, or not SendGrid's shape
         parts = []
     return "; ".join(parts) or str(getattr(exc, "reason", "") or type(exc).__name__)
+
+
+def build(settings: Settings) -> SendGridProvider | None:
+    """The SendGrid provider, or None when ``SENDGRID_API_KEY`` is not set."""
+    if settings.sendgrid_api_key is None:
+        return None
+    return SendGridProvider(
+        # Read per send: a rotated key (orchestrator.secrets) is used by the running worker.
+        lambda: settings.require_secret("sendgrid_api_key"),
+        api_base=settings.sendgrid_api_base,
+        timeout_s=settings.provider_read_timeout_s,
+    )
+
+
+SPEC = ProviderSpec(
+    name="sendgrid",
+    kinds=frozenset({JobKind.EMAIL}),
+    build=build,
+    # python_http_client logs whole payloads and headers (the API key) at DEBUG.
+    sdk_loggers=("python_http_client",),
+)

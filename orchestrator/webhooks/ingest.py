@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from orchestrator.broker import PROCESS_ACTOR
 from orchestrator.logs import get_logger
@@ -115,3 +116,18 @@ def endpoint(
         return JSONResponse({"received": True, "duplicate": stored.duplicate})
 
     return receive
+
+
+def webhook_routes(orch: Orchestrator) -> list[Route]:
+    """``POST /webhooks/<name>`` for every registered provider that sends webhooks."""
+    from orchestrator.providers.registry import with_webhooks
+
+    return [
+        Route(
+            f"/webhooks/{spec.name}",
+            endpoint(orch, spec.name, spec.webhooks.verifier(orch.settings)),
+            methods=["POST"],
+        )
+        for spec in with_webhooks()
+        if spec.webhooks is not None
+    ]

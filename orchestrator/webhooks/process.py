@@ -1,10 +1,11 @@
 """Processing stored provider events (the worker's ``process_webhook_event`` actor).
 
 :func:`process_event` claims the row (compare-and-set on ``status = 'received'`` plus a
-lease), asks the provider's module what the event means (``READERS``), finds the job by the
-id in the object's metadata or by provider object id, moves it forward with one UPDATE naming
-the states it may leave, and records what happened on the row. A failure releases the row
-for the clock's sweep to send again, until ``MAX_PROCESS_ATTEMPTS`` parks it as ``failed``.
+lease), asks the provider's registry entry what the event means (:func:`reader_of`), finds
+the job by the id in the object's metadata or by provider object id, moves it forward with
+one UPDATE naming the states it may leave, and records what happened on the row. A failure
+releases the row for the clock's sweep to send again, until ``MAX_PROCESS_ATTEMPTS`` parks it
+as ``failed``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import ProviderUnavailable
+from orchestrator.errors import ProviderUnavailable, ValidationError
 from orchestrator.logs import get_logger
 from orchestrator.models import AttemptOutcome, EventStatus, Job, JobState, WebhookEvent
 from orchestrator.ops.ledger import ENDED_UNSUCCESSFUL, DriftKind, DriftSource, Finding
 from orchestrator.providers.base import Outcome, Provider
-from orchestrator.providers.stripe import webhooks as stripe_webhooks
+from orchestrator.providers.registry import spec
 from orchestrator.webhooks.events import Meaning, NoteReport, ObjectReport, Result
 
 if TYPE_CHECKING:
@@ -31,10 +32,15 @@ MAX_PROCESS_ATTEMPTS = 10
 MAX_NOTE_CHARS = 500
 MAX_ERROR_CHARS = 2000
 
-# What a stored event means, by the provider that sent it.
-READERS: dict[str, Callable[[WebhookEvent], Meaning]] = {
-    stripe_webhooks.PROVIDER: stripe_webhooks.meaning_of,
-}
+
+def reader_of(provider: str) -> Callable[[WebhookEvent], Meaning] | None:
+    """What a stored event of ``provider`` means, read by the provider's registry entry."""
+    try:
+        found = spec(provider)
+    except ValidationError:
+        return None
+    return found.webhooks.meaning if found.webhooks is not None else None
+
 
 # Which states a provider event may move a job out of, by the state it proves.
 # Never backwards: succeeded, failed and cancelled are final, dead waits for an operator.
@@ -104,7 +110,7 @@ def process_event(
 
 def apply_event(orch: Orchestrator, provider: Provider, event: WebhookEvent) -> Result:
     """Decide and apply what one event means for its job."""
-    read = READERS.get(event.provider)
+    read = reader_of(event.provider)
     if read is None:
         return Result(EventStatus.IGNORED, f"events of provider {event.provider} are not read")
     meaning = read(event)

@@ -427,3 +427,23 @@ def test_an_authorization_over_http_is_the_python_one_and_cancel_voids_it(
     again = post(server, f"/jobs/{same.id}/cancel", {"reason": "out of stock"}, "void-1")
     assert again.status_code == 200, again.text
     assert again.json()["id"] == same.id and again.json()["state"] == "cancelled"
+
+
+def test_a_charge_names_its_provider_and_failover_over_http(server: str, orch: Any) -> None:
+    body = {
+        "amount": 1500,
+        "currency": "usd",
+        "payment_method": "pm_card_visa",
+        "provider": "stripe",
+        "failover": {"provider": "stripe", "payment_method": "pm_card_visa"},
+    }
+    refused = post(server, "/charges", body, "http-failover-1")
+    assert refused.status_code == 400
+    assert "another provider" in refused.json()["error"]
+    assert count_jobs(orch) == 0
+    unknown = post(server, "/charges", {**body, "provider": "paypal", "failover": None}, "k2")
+    assert unknown.status_code == 400
+    assert "'paypal' is not registered" in unknown.json()["error"]
+    ok = post(server, "/charges", {**body, "failover": None}, "http-provider-1")
+    assert ok.status_code == 201
+    assert orch.job(ok.json()["id"]).provider == "stripe"

@@ -2,11 +2,14 @@
 capture and cancel (void) of an authorized PaymentIntent.
 
 Every call carries the orchestrator's own deterministic idempotency key and explicit
-timeouts; the SDK's own retries stay off (they would invent a random key per call).
+timeouts; the SDK's own retries stay off (they would invent a random key per call). The API
+key is read per call, so a key rotated in the secret store is used without a restart.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -53,17 +56,40 @@ class StripeProvider:
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | Callable[[], str],
         *,
         api_base: str,
         connect_timeout_s: float,
         read_timeout_s: float,
     ) -> None:
-        http_client = http_client_for(api_base, connect_timeout_s, read_timeout_s)
-        self._client = stripe.StripeClient(
+        """``api_key`` is the key, or a callable read before every call (e.g. ``lambda:
+        settings.require_secret("stripe_api_key")``) so a rotated key is used at once."""
+        self._api_key: Callable[[], str] = api_key if callable(api_key) else lambda: api_key
+        self._api_base = api_base
+        self._http_client = http_client_for(api_base, connect_timeout_s, read_timeout_s)
+        self._client_lock = threading.Lock()
+        key = self._api_key()
+        self._keyed_client = (key, self._new_client(key))
+
+    @property
+    def _client(self) -> stripe.StripeClient:
+        """The SDK client of the current key. A changed key gets a new client over the same
+        connection pool (the client holds the key for every request, lists' next pages
+        included); an unchanged one costs a string comparison."""
+        key = self._api_key()
+        current_key, client = self._keyed_client
+        if key == current_key:
+            return client
+        with self._client_lock:
+            if self._keyed_client[0] != key:
+                self._keyed_client = (key, self._new_client(key))
+            return self._keyed_client[1]
+
+    def _new_client(self, api_key: str) -> stripe.StripeClient:
+        return stripe.StripeClient(
             api_key,
-            base_addresses={"api": api_base},
-            http_client=http_client,
+            base_addresses={"api": self._api_base},
+            http_client=self._http_client,
             max_network_retries=0,
         )
 

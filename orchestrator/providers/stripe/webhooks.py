@@ -37,7 +37,7 @@ from orchestrator.webhooks.events import (
     Result,
     WebhookRejected,
 )
-from orchestrator.webhooks.ingest import endpoint
+from orchestrator.webhooks.ingest import Verify, endpoint
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -67,11 +67,10 @@ NOTED_TYPES = frozenset({"charge.refunded", "charge.dispute.created"})
 
 
 def webhook_secrets(settings: Settings) -> tuple[str, ...]:
-    """The configured signing secrets (several, comma-separated, during a rotation)."""
-    raw = settings.stripe_webhook_secret
-    if raw is None:
-        return ()
-    return tuple(s.strip() for s in raw.get_secret_value().split(",") if s.strip())
+    """The signing secrets that verify now: the configured ones (several, comma-separated,
+    during a rotation) and, for ORCHESTRATOR_SECRETS_OVERLAP_S after a rotation of a
+    referenced secret is seen, the ones it replaced."""
+    return settings.secret_values("stripe_webhook_secret")
 
 
 def signed_at(header: str) -> int:
@@ -144,17 +143,23 @@ def _short_text(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
 
 
-def stripe_endpoint(
-    orch: Orchestrator, *, clock: Callable[[], float] = time.time
-) -> Callable[[Request], Awaitable[Response]]:
-    """The ``POST /webhooks/stripe`` route; the secrets are read once, here."""
-    secrets = webhook_secrets(orch.settings)
+def verifier(settings: Settings) -> Verify:
+    """The check of one ``POST /webhooks/stripe`` delivery. The signing secrets are read on
+    every delivery, so a rotated secret (see ``orchestrator.secrets``) takes effect at once."""
 
     def verify(body: bytes, headers: Mapping[str, str], now_s: float) -> IncomingEvent:
+        secrets = webhook_secrets(settings)
         verify_signature(body, headers.get("stripe-signature"), secrets, now_s=now_s)
         return parse_event(body)
 
-    return endpoint(orch, PROVIDER, verify, clock=clock)
+    return verify
+
+
+def stripe_endpoint(
+    orch: Orchestrator, *, clock: Callable[[], float] = time.time
+) -> Callable[[Request], Awaitable[Response]]:
+    """The ``POST /webhooks/stripe`` route."""
+    return endpoint(orch, PROVIDER, verifier(orch.settings), clock=clock)
 
 
 # -- processing --------------------------------------------------------------------------------
