@@ -198,6 +198,9 @@ CREATE TABLE IF NOT EXISTS job_attempts (
     duration_ms          counter NOT NULL,
     started_at           timestamptz NOT NULL,
     finished_at          timestamptz NOT NULL DEFAULT now(),
+    -- The provider called (a charge that failed over has attempts at two); NULL on rows of
+    -- releases before 0006: the job's provider.
+    provider             provider_name,
     -- A job's attempt numbers never repeat: two workers can't both record attempt 3.
     CONSTRAINT job_attempts_unique UNIQUE (job_id, attempt)
 );

@@ -45,6 +45,7 @@ from orchestrator.db.store import Store
 from orchestrator.errors import ProviderUnavailable
 from orchestrator.logs import get_logger, redact_text
 from orchestrator.models import AttemptOutcome, DeadReason, Job, JobState
+from orchestrator.providers import failover
 from orchestrator.providers.base import NO_RESPONSE, Outcome, Provider
 
 log = get_logger(__name__)
@@ -101,6 +102,8 @@ class Decision:
     dead_reason: DeadReason | None = None
     # A call the breaker or rate limiter denied: the claim's attempt is given back.
     refund_attempt: bool = False
+    # A charge moving to its failover provider (orchestrator.providers.failover).
+    failover: Mapping[str, Any] | None = None
 
     @property
     def needs_message(self) -> bool:
@@ -412,7 +415,8 @@ class Executor:
         permit = self.breaker.acquire(job.provider)
         if not permit.allowed:
             log.info("job.attempt_deferred", verdict=permit.verdict, wait_s=permit.wait_s)
-            return self._settle(job, owner, decide_deferral(job, now, permit, self.rng), None, None)
+            decision = with_failover(job, None, decide_deferral(job, now, permit, self.rng))
+            return self._settle(job, owner, decision, None, None)
         log.info("job.attempt_started", key_generation=job.key_generation)
         started = time.perf_counter()
         outcome = provider.execute(job, key)
@@ -427,8 +431,10 @@ class Executor:
             honours_keys=provider.honours_idempotency_keys,
             processing_poll_s=self.settings.processing_poll_s,
         )
+        decision = with_failover(job, outcome, decision)
         attempt = {
             "attempt": job.attempts,
+            "attempt_provider": job.provider,
             "attempt_generation": job.key_generation,
             "provider_key": key,
             "outcome": str(outcome.kind),
@@ -535,6 +541,7 @@ class Executor:
             "error": redact_text(outcome.error_summary or "") or None if outcome else None,
             "unknown_cause": decision.unknown_cause,
             "dead_reason": None if decision.dead_reason is None else str(decision.dead_reason),
+            **failover.row_changes(decision.failover),
         }
         settled = self.store.settle(args)
         if settled is None:
@@ -552,8 +559,26 @@ class Executor:
         return settled.state
 
 
+def with_failover(job: Job, outcome: Outcome | None, decision: Decision) -> Decision:
+    """``decision``, or a move to the charge's failover provider when the call provably never
+    executed (``outcome`` None: denied before any call) and the job would wait for a retry."""
+    if decision.to_state is not JobState.RETRYING:
+        return decision
+    target = failover.failover_target(job, outcome)
+    if target is None:
+        return decision
+    why = outcome.error_code if outcome is not None else "denied before any call"
+    return Decision(
+        JobState.RETRYING,
+        failover.reason(job, target, str(why)),
+        refund_attempt=decision.refund_attempt,
+        failover=target,
+    )
+
+
 _NO_ATTEMPT: dict[str, Any] = {
     "attempt": None,
+    "attempt_provider": None,
     "attempt_generation": None,
     "provider_key": None,
     "outcome": None,

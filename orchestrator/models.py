@@ -222,6 +222,8 @@ class Attempt(_Row):
     duration_ms: int
     started_at: datetime
     finished_at: datetime
+    # The provider called; None on attempts recorded before failover existed (the job's).
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

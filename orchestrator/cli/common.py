@@ -181,7 +181,7 @@ def print_job_detail(detail: JobDetail, *, as_json: bool) -> None:
         print(f"  dead reason: {job.dead_reason}")
     for a in detail.attempts:
         print(
-            f"  attempt {a.attempt} g{a.key_generation} {a.outcome} "
+            f"  attempt {a.attempt} {a.provider or job.provider} g{a.key_generation} {a.outcome} "
             f"{a.error_code or ''} {a.http_status or ''} {a.duration_ms}ms"
         )
     for t in detail.transitions:

@@ -98,11 +98,11 @@ WITH async_commit AS MATERIALIZED (
 attempt AS (
     INSERT INTO job_attempts (job_id, attempt, key_generation, provider_key, worker, outcome,
                               error_class, error_code, http_status, provider_request_id,
-                              provider_ref, duration_ms, started_at)
+                              provider_ref, duration_ms, started_at, provider)
     SELECT %(id)s, %(attempt)s::integer, %(attempt_generation)s::integer, %(provider_key)s,
            %(owner)s, %(outcome)s::attempt_outcome, %(error_class)s, %(error_code)s,
            %(http_status)s::integer, %(provider_request_id)s, %(provider_ref)s,
-           %(duration_ms)s::integer, %(started_at)s::timestamptz
+           %(duration_ms)s::integer, %(started_at)s::timestamptz, %(attempt_provider)s
     WHERE %(attempt)s::integer IS NOT NULL
     -- Only after a crash of PostgreSQL lost an asynchronous claim (claim_job) can an attempt
     -- number come twice: both were calls under the same key, and the first record stands.
@@ -133,6 +133,12 @@ SET state = %(to_state)s,
     last_error = COALESCE(%(error)s, last_error),
     unknown_cause = %(unknown_cause)s,
     dead_reason = %(dead_reason)s,
+    -- A charge failing over to its second provider (orchestrator.providers.failover) takes
+    -- that provider's tokens; its customer is that provider's too (NULL when none is given).
+    provider = COALESCE(%(switch_provider)s, provider),
+    customer = CASE WHEN %(switch_provider)s::text IS NULL THEN customer
+                    ELSE %(switch_customer)s END,
+    payment_method = COALESCE(%(switch_payment_method)s, payment_method),
     changed_by = %(owner)s::text,
     change_reason = %(reason)s
 WHERE id = %(id)s
