@@ -84,6 +84,25 @@ def provider_error(provider: str, status: int, message: str) -> Response:
     return stripe_error(status, "api_error", message)
 
 
+_GATEWAY_REASONS = {
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+}
+
+
+def html_gateway_error(status: int) -> Response:
+    """An HTML error page as a load balancer in front of an API sends it: not JSON, so a
+    client that parses every error body as JSON fails on it."""
+    title = f"{status} {_GATEWAY_REASONS.get(status, 'Error')}"
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return Response(status, page.encode(), {"Content-Type": "text/html"})
+
+
 def rate_limited(provider: str) -> Response:
     if provider == "sendgrid":
         resp = sendgrid_error(429, "too many requests")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.dev.simulator.common import Response, json_response
 from orchestrator.dev.simulator.payments import snapshot_payment_intents
+from orchestrator.dev.simulator.razorpay_payments import snapshot as razorpay_snapshot
 from orchestrator.dev.simulator.state import State
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 def control(state: State, method: str, path: str, body: bytes) -> Response:
     name = path[len("/_sim/") :].strip("/")
+    if name.startswith("razorpay/"):
+        return _control_razorpay(state, method, name[len("razorpay/") :], body)
     if method == "GET":
         return _control_get(state, name)
     if method == "POST" and name == "reset":
@@ -90,6 +93,43 @@ def _control_set_webhook(state: State, body: bytes) -> Response:
     return json_response(200, {"ok": True})
 
 
+def _control_razorpay(state: State, method: str, name: str, body: bytes) -> Response:
+    """``/_sim/razorpay/...``: inspect orders / payments / refunds, read or change the
+    receipt mode, set the webhook target."""
+    if method == "GET" and name in ("orders", "payments", "refunds"):
+        return json_response(200, razorpay_snapshot(state, name))
+    if method == "GET" and name == "settings":
+        return json_response(200, _razorpay_settings(state))
+    if method == "POST" and name in ("settings", "webhooks"):
+        try:
+            payload = json.loads(body or b"{}")
+            if not isinstance(payload, dict):
+                raise ValueError("body must be a JSON object")
+            if name == "settings":
+                state.set_receipt_mode(str(payload.get("receipt_mode")))
+            else:
+                url, secret = payload.get("url"), payload.get("secret")
+                if not isinstance(url, (str, type(None))) or not isinstance(
+                    secret, (str, type(None))
+                ):
+                    raise ValueError("url and secret must be strings or null")
+                state.set_razorpay_webhook(url, secret)
+        except ValueError as exc:
+            return json_response(400, {"error": str(exc)})
+        return json_response(200, {"ok": True, **_razorpay_settings(state)})
+    return json_response(
+        404, {"error": f"unknown control endpoint: {method} /_sim/razorpay/{name}"}
+    )
+
+
+def _razorpay_settings(state: State) -> dict[str, object]:
+    with state.lock:
+        return {
+            "receipt_mode": state.razorpay_receipt_mode,
+            "webhook_url": state.razorpay_webhook_url,
+        }
+
+
 class SimulatorControl:
     """Drive a simulator running in another process through its /_sim endpoints."""
 
@@ -134,6 +174,22 @@ class SimulatorControl:
 
     def webhook_deliveries(self) -> list[dict[str, Any]]:
         return self._get("webhooks")
+
+    def set_razorpay_webhook(self, url: str | None, secret: str | None = None) -> None:
+        self._post("razorpay/webhooks", {"url": url, "secret": secret})
+
+    def set_receipt_mode(self, mode: str) -> None:
+        """``"reject"`` or ``"return_existing"`` for a reused Razorpay order receipt."""
+        self._post("razorpay/settings", {"receipt_mode": mode})
+
+    def razorpay_orders(self) -> list[dict[str, Any]]:
+        return self._get("razorpay/orders")
+
+    def razorpay_payments(self) -> list[dict[str, Any]]:
+        return self._get("razorpay/payments")
+
+    def razorpay_refunds(self) -> list[dict[str, Any]]:
+        return self._get("razorpay/refunds")
 
     def close(self) -> None:
         self._session.close()

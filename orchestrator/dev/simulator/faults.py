@@ -22,6 +22,10 @@ class FaultConfig:
     rate_cut_before_execute: float = 0.0
     rate_cut_after_execute: float = 0.0
     rate_timeout: float = 0.0
+    # Non-JSON answers from a gateway in front of the API: an HTML 502 before the request
+    # reaches the API (nothing executed), an HTML 504 after it executed.
+    rate_html_502: float = 0.0
+    rate_html_504_after_execute: float = 0.0
     timeout_sleep_s: float = 10.0
     outage: bool = False
     search_lag_s: float = 0.0
@@ -53,6 +57,11 @@ class FaultConfig:
             self.rate_timeout,
         )
 
+    def gateway_rates(self) -> tuple[float, ...]:
+        """The HTML gateway fault rates, drawn after :meth:`rates` and only when non-zero so
+        that seeded runs without them see the same draws as before they existed."""
+        return (self.rate_html_502, self.rate_html_504_after_execute)
+
 
 def _coerce_fault_value(name: str, raw: object, default: object) -> float | bool:
     if isinstance(default, bool):
@@ -77,6 +86,8 @@ class Draw:
     rate_500_after_execute: bool = False
     cut_after_execute: bool = False
     timeout: bool = False
+    html_502: bool = False
+    html_504_after_execute: bool = False
 
 
 NO_FAULTS = Draw()

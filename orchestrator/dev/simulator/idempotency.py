@@ -1,6 +1,8 @@
-"""Stripe idempotency: claiming a key, replaying its saved response, 409 / 400 answers.
+"""Idempotency keys: claiming a key, replaying its saved response, 409 / 400 answers.
 
-Keys are scoped per (API key, ``Stripe-Account``) and forgotten
+Stripe's ``Idempotency-Key`` and Razorpay's ``X-Refund-Idempotency`` share the mechanism and
+differ in their error bodies. Keys are scoped per (API key, ``Stripe-Account`` or header
+name) and forgotten
 :data:`~orchestrator.dev.simulator.state.IDEMPOTENCY_KEY_TTL_S` (24 h, simulated clock)
 after their first use: the same key then executes again, like a fresh one.
 """
@@ -10,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.dev.simulator.common import Response, StripeError, stripe_error
+from orchestrator.dev.simulator.razorpay_common import (
+    idempotency_key_in_use,
+    idempotency_key_mismatch,
+)
 from orchestrator.dev.simulator.state import (
     IDEMPOTENCY_KEY_TTL_S,
     IdempotencyEntry,
@@ -32,8 +38,11 @@ class Reservation:
 NO_KEY = Reservation(None)
 
 
-def reserve(state: State, key: IdempotencyKey, fingerprint: tuple[object, ...]) -> Reservation:
+def reserve(
+    state: State, key: IdempotencyKey, fingerprint: tuple[object, ...], provider: str = "stripe"
+) -> Reservation:
     """Claim an idempotency key, or decide on replay / 409 / 400 for it."""
+    razorpay = provider == "razorpay"
     with state.lock:
         now = state.mono()
         entry = state.idempotency.get(key)
@@ -41,9 +50,11 @@ def reserve(state: State, key: IdempotencyKey, fingerprint: tuple[object, ...]) 
             state.idempotency[key] = IdempotencyEntry(fingerprint, now)
             return Reservation(key, reserved=True)
         if entry.in_flight:
-            return Reservation(key, rejection=_key_in_use(key[2]))
+            in_use = idempotency_key_in_use() if razorpay else _key_in_use(key[2])
+            return Reservation(key, rejection=in_use)
         if entry.fingerprint != fingerprint:
-            return Reservation(key, rejection=_key_mismatch(key[2]))
+            mismatch = idempotency_key_mismatch() if razorpay else _key_mismatch(key[2])
+            return Reservation(key, rejection=mismatch)
         return Reservation(key, replay=entry.saved)
 
 

@@ -1,5 +1,5 @@
 """The provider request pipeline: outage, auth, idempotency, latency and faults around
-the Stripe and SendGrid endpoints, in the order the fault model describes."""
+the Stripe, SendGrid and Razorpay endpoints, in the order the fault model describes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.dev.simulator import razorpay_common as rz
 from orchestrator.dev.simulator.common import (
     Response,
     bearer_token,
+    html_gateway_error,
     mask_key,
     parse_form,
     provider_error,
@@ -21,6 +23,7 @@ from orchestrator.dev.simulator.common import (
 )
 from orchestrator.dev.simulator.faults import NO_FAULTS, Draw, FaultConfig
 from orchestrator.dev.simulator.idempotency import NO_KEY, Reservation, release, reserve
+from orchestrator.dev.simulator.razorpay import RazorpayAPI, is_refund_create
 from orchestrator.dev.simulator.sendgrid import send_mail
 from orchestrator.dev.simulator.state import IdempotencyKey, Saved, State
 from orchestrator.dev.simulator.stripe import StripeAPI
@@ -28,6 +31,7 @@ from orchestrator.dev.simulator.stripe import StripeAPI
 REQUEST_ID_CHARS = 14
 _SENDGRID_UNAUTHORIZED = "The provided authorization grant is invalid, expired, or revoked"
 _ACCOUNT_RE = re.compile(r"^acct_[A-Za-z0-9]+$")
+RAZORPAY_IDEMPOTENCY_HEADER = "x-refund-idempotency"
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Request:
 
     @property
     def idempotency_key(self) -> str | None:
+        """Stripe's ``Idempotency-Key``, or Razorpay's ``X-Refund-Idempotency``."""
+        if self.provider == "razorpay":
+            return self.headers.get(RAZORPAY_IDEMPOTENCY_HEADER) or None
         return self.headers.get("idempotency-key") or None
 
     @property
@@ -53,9 +60,13 @@ class Request:
         return self.headers.get("stripe-account") or None
 
     def scoped_key(self, api_key: str) -> IdempotencyKey | None:
-        """The idempotency key as Stripe scopes it: per API key and account."""
+        """The idempotency key as scoped: per API key and Stripe account (Razorpay: per key
+        id, kept apart from Stripe's keys by the header name)."""
         key = self.idempotency_key
-        return None if key is None else (api_key, self.account or "", key)
+        if key is None:
+            return None
+        scope = RAZORPAY_IDEMPOTENCY_HEADER if self.provider == "razorpay" else self.account
+        return (api_key, scope or "", key)
 
 
 class Pipeline:
@@ -64,6 +75,7 @@ class Pipeline:
     def __init__(self, state: State) -> None:
         self.state = state
         self.stripe = StripeAPI(state)
+        self.razorpay = RazorpayAPI(state)
 
     def handle(self, req: Request) -> Response | None:
         """Answer a provider request; None means "cut the connection"."""
@@ -89,13 +101,10 @@ class Pipeline:
         config = self.state.faults_for(req.provider)
         if config.outage:
             log["fault"] = "outage"
-            return self._finish(
-                log, provider_error(req.provider, 503, "The service is temporarily unavailable.")
-            )
-        api_key = bearer_token(req.headers.get("authorization"))
-        if not self._authorized(req.provider, api_key):
-            return self._finish(log, self._unauthorized(req.provider, api_key))
-        assert api_key is not None
+            return self._finish(log, _outage(req.provider))
+        api_key = self._authenticate(req)
+        if api_key is None:
+            return self._finish(log, self._unauthorized(req))
         if req.account is not None and not _ACCOUNT_RE.match(req.account):
             return self._finish(log, _no_account_access(api_key, req.account))
         params = self._params(req)
@@ -122,18 +131,31 @@ class Pipeline:
     ) -> Response | None:
         if draw.rate_429:
             log["fault"] = "rate_429"
-            return self._finish(log, rate_limited(req.provider))
+            limited = (
+                rz.rate_limited() if req.provider == "razorpay" else rate_limited(req.provider)
+            )
+            return self._finish(log, limited)
         if draw.cut_before_execute:
             log["fault"] = "rate_cut_before_execute"
             return self._finish(log, None)
         if draw.rate_500:
             log["fault"] = "rate_500"
             return self._finish(log, self._save(reservation, self._server_error(req.provider)))
+        if draw.html_502:
+            log["fault"] = "rate_html_502"
+            return self._finish(log, html_gateway_error(502))
         resp = self._execute_or_replay(req, params, reservation, log)
         if draw.rate_500_after_execute:
             log["fault"] = "rate_500_after_execute"
-            return self._finish(log, self._save(reservation, self._server_error(req.provider)))
+            error = self._server_error(req.provider)
+            # Stripe saves the 500 against the key; Razorpay keeps the refund it made, so a
+            # retry with the same X-Refund-Idempotency key gets that refund.
+            self._save(reservation, resp if req.provider == "razorpay" else error)
+            return self._finish(log, error)
         self._save(reservation, resp)
+        if draw.html_504_after_execute:
+            log["fault"] = "rate_html_504_after_execute"
+            return self._finish(log, html_gateway_error(504))
         if draw.cut_after_execute:
             log["fault"] = "rate_cut_after_execute"
             return self._finish(log, None)
@@ -151,11 +173,16 @@ class Pipeline:
             log["replayed"] = True
             saved = reservation.replay
             headers = {k: v for k, v in saved.response.headers.items() if k != "Request-Id"}
-            headers["Idempotent-Replayed"] = "true"
-            headers["Original-Request"] = saved.request_id
+            if req.provider == "stripe":
+                headers["Idempotent-Replayed"] = "true"
+                headers["Original-Request"] = saved.request_id
             return dataclasses.replace(saved.response, headers=headers)
         if req.provider == "sendgrid":
             return send_mail(self.state, req.body)
+        if req.provider == "razorpay":
+            credentials = rz.basic_credentials(req.headers.get("authorization"))
+            secret = credentials[1] if credentials else ""
+            return self.razorpay.route(req.method, req.path, params, secret)
         return self.stripe.route(
             req.method, req.path, params, req.account, req.headers.get("stripe-version")
         )
@@ -175,29 +202,49 @@ class Pipeline:
 
     def _reserve(self, req: Request, api_key: str, params: dict[str, Any]) -> Reservation:
         key = req.scoped_key(api_key)
+        fingerprint = (req.method, req.path, _freeze(params))
+        if req.provider == "razorpay":
+            if key is None or not is_refund_create(req.method, req.path):
+                return NO_KEY
+            malformed = rz.check_idempotency_key(key[2])
+            if malformed is not None:
+                return Reservation(None, rejection=malformed)
+            return reserve(self.state, key, fingerprint, "razorpay")
         if req.provider != "stripe" or req.method != "POST" or key is None:
             return NO_KEY
-        fingerprint = (req.method, req.path, _freeze(params))
         return reserve(self.state, key, fingerprint)
 
     def _params(self, req: Request) -> dict[str, Any]:
+        if req.provider == "razorpay":
+            return rz.parse_params(req.method, req.query, req.body)
         if req.provider != "stripe":
             return {}
         raw = req.query if req.method in ("GET", "DELETE") else req.body.decode("utf-8", "replace")
         return parse_form(raw)
 
-    def _authorized(self, provider: str, api_key: str | None) -> bool:
+    def _authenticate(self, req: Request) -> str | None:
+        """The request's API key (Razorpay: key id) when its credentials are right."""
+        state, header = self.state, req.headers.get("authorization")
+        if req.provider == "razorpay":
+            return rz.authorized_key_id(header, state.razorpay_key_id, state.razorpay_key_secret)
+        api_key = bearer_token(header)
         if api_key is None:
-            return False
-        state = self.state
-        expected = state.stripe_api_key if provider == "stripe" else state.sendgrid_api_key
+            return None
+        expected = state.stripe_api_key if req.provider == "stripe" else state.sendgrid_api_key
         if expected is not None:
-            return api_key == expected
-        return api_key.startswith("sk_test_" if provider == "stripe" else "SG.")
+            return api_key if api_key == expected else None
+        return (
+            api_key
+            if api_key.startswith("sk_test_" if req.provider == "stripe" else "SG.")
+            else None
+        )
 
-    def _unauthorized(self, provider: str, api_key: str | None) -> Response:
-        if provider == "sendgrid":
+    def _unauthorized(self, req: Request) -> Response:
+        if req.provider == "razorpay":
+            return rz.unauthorized()
+        if req.provider == "sendgrid":
             return sendgrid_error(401, _SENDGRID_UNAUTHORIZED)
+        api_key = bearer_token(req.headers.get("authorization"))
         if api_key is None:
             message = (
                 "You did not provide an API key. You need to provide your API key in the "
@@ -210,6 +257,9 @@ class Pipeline:
 
     @staticmethod
     def _server_error(provider: str) -> Response:
+        """A 500 from the API; Stripe saves it against the key, Razorpay does not."""
+        if provider == "razorpay":
+            return rz.server_error()
         resp = provider_error(provider, 500, "An unknown error occurred (simulated).")
         resp.saveable = True
         return resp
@@ -217,6 +267,12 @@ class Pipeline:
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self.state.stop_event.wait(seconds)
+
+
+def _outage(provider: str) -> Response:
+    if provider == "razorpay":
+        return rz.server_error(503)
+    return provider_error(provider, 503, "The service is temporarily unavailable.")
 
 
 def _no_account_access(api_key: str, account: str) -> Response:

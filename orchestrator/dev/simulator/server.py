@@ -19,12 +19,15 @@ from orchestrator.dev.simulator.common import Response, sendgrid_error, stripe_e
 from orchestrator.dev.simulator.control import control
 from orchestrator.dev.simulator.payments import snapshot_payment_intents
 from orchestrator.dev.simulator.pipeline import Pipeline, Request
+from orchestrator.dev.simulator.razorpay_payments import snapshot as razorpay_snapshot
 from orchestrator.dev.simulator.state import State
 from orchestrator.dev.simulator.webhooks import WebhookSender
 
 SERVE_POLL_INTERVAL_S = 0.05
 IDLE_CONNECTION_TIMEOUT_S = 120.0
 LISTEN_BACKLOG = 256
+# Razorpay is served under this prefix: the SDK's base_url is "<simulator url>/razorpay".
+RAZORPAY_PREFIX = "/razorpay"
 _HTTP_REASONS = {
     200: "OK",
     202: "Accepted",
@@ -36,7 +39,9 @@ _HTTP_REASONS = {
     409: "Conflict",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -120,6 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_sim/"):
             return control(self._sim.state, self.command, path, body)
         provider = "sendgrid" if path.startswith("/v3/") else "stripe"
+        if path == RAZORPAY_PREFIX or path.startswith(RAZORPAY_PREFIX + "/"):
+            provider = "razorpay"
+            # Tolerate a base_url with a trailing slash ("/razorpay//v1/orders").
+            path = "/" + "/".join(p for p in path[len(RAZORPAY_PREFIX) :].split("/") if p)
         if provider == "sendgrid" and not (self.command == "POST" and path == "/v3/mail/send"):
             return sendgrid_error(404, f"{self.command} {path} is not supported by the simulator")
         headers = {name.lower(): value for name, value in self.headers.items()}
@@ -153,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Simulator:
-    """A Stripe + SendGrid simulator serving HTTP from a daemon thread."""
+    """A Stripe + SendGrid + Razorpay simulator serving HTTP from a daemon thread."""
 
     def __init__(
         self,
@@ -165,11 +174,24 @@ class Simulator:
         seed: int | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        razorpay_key_id: str | None = None,
+        razorpay_key_secret: str | None = None,
+        razorpay_webhook_url: str | None = None,
+        razorpay_webhook_secret: str | None = None,
+        razorpay_receipt_mode: str = "reject",
     ) -> None:
         self._host = host
         self._port = port
-        self._state = State(stripe_api_key, sendgrid_api_key, seed)
+        self._state = State(
+            stripe_api_key,
+            sendgrid_api_key,
+            seed,
+            razorpay_key_id=razorpay_key_id,
+            razorpay_key_secret=razorpay_key_secret,
+        )
         self._state.set_webhook(webhook_url, webhook_secret)
+        self._state.set_razorpay_webhook(razorpay_webhook_url, razorpay_webhook_secret)
+        self._state.set_receipt_mode(razorpay_receipt_mode)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sender: WebhookSender | None = None
@@ -220,8 +242,13 @@ class Simulator:
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else str(host)  # noqa: S104
         return f"http://{shown}:{port}"
 
+    @property
+    def razorpay_url(self) -> str:
+        """The Razorpay SDK's ``base_url`` for this simulator."""
+        return self.url + RAZORPAY_PREFIX
+
     def set_faults(self, provider: str = "all", **faults: float | bool) -> None:
-        """Replace a provider's fault config ("stripe", "sendgrid" or "all")."""
+        """Replace a provider's fault config ("stripe", "sendgrid", "razorpay" or "all")."""
         self._state.set_faults(provider, faults)
 
     def reset(self) -> None:
@@ -251,15 +278,51 @@ class Simulator:
         self._state.set_webhook(url, secret)
 
     def webhook_deliveries(self) -> list[dict[str, Any]]:
-        """Finished deliveries: event id, type, last HTTP status (None: no answer), attempts."""
+        """Finished deliveries (both providers): provider, event id, type, last HTTP status
+        (None: no answer), attempts."""
         return self._state.snapshot("webhooks")
+
+    # -- Razorpay ---------------------------------------------------------------------
+
+    def set_razorpay_webhook(self, url: str | None, secret: str | None = None) -> None:
+        """Send Razorpay events to ``url`` signed with ``secret`` (None stops sending); kept
+        by reset."""
+        self._state.set_razorpay_webhook(url, secret)
+
+    def set_receipt_mode(self, mode: str) -> None:
+        """``"reject"`` (400 "Order receipt should be unique.") or ``"return_existing"`` (the
+        order that has the receipt) for a Razorpay order create reusing a receipt; kept by
+        reset."""
+        self._state.set_receipt_mode(mode)
+
+    def razorpay_orders(self) -> list[dict[str, Any]]:
+        return razorpay_snapshot(self._state, "orders")
+
+    def razorpay_payments(self) -> list[dict[str, Any]]:
+        return razorpay_snapshot(self._state, "payments")
+
+    def razorpay_refunds(self) -> list[dict[str, Any]]:
+        return razorpay_snapshot(self._state, "refunds")
 
 
 def serve(
-    host: str, port: int, *, stripe_api_key: str | None, sendgrid_api_key: str | None
+    host: str,
+    port: int,
+    *,
+    stripe_api_key: str | None,
+    sendgrid_api_key: str | None,
+    razorpay_key_id: str | None = None,
+    razorpay_key_secret: str | None = None,
 ) -> None:
     """Run a simulator in the foreground until Ctrl-C (or SIGTERM)."""
-    sim = Simulator(host, port, stripe_api_key=stripe_api_key, sendgrid_api_key=sendgrid_api_key)
+    sim = Simulator(
+        host,
+        port,
+        stripe_api_key=stripe_api_key,
+        sendgrid_api_key=sendgrid_api_key,
+        razorpay_key_id=razorpay_key_id,
+        razorpay_key_secret=razorpay_key_secret,
+    )
     sim.start()
     _install_sigterm_handler()
     print(f"simulator listening on {sim.url}", flush=True)

@@ -15,8 +15,9 @@ from typing import Any
 from orchestrator.dev.simulator.common import Response
 from orchestrator.dev.simulator.faults import NO_FAULTS, Draw, FaultConfig
 
-PROVIDERS: tuple[str, ...] = ("stripe", "sendgrid")
+PROVIDERS: tuple[str, ...] = ("stripe", "sendgrid", "razorpay")
 STRIPE_ID_CHARS = 24
+RECEIPT_MODES: tuple[str, ...] = ("reject", "return_existing")
 _ALNUM = string.ascii_letters + string.digits
 _BYTE_TO_ALNUM = "".join(_ALNUM[i % len(_ALNUM)] for i in range(256)).encode("ascii")
 # Stripe keeps an idempotency key at least 24 hours; the simulator forgets it after exactly that.
@@ -39,6 +40,31 @@ class PaymentIntentRecord:
 
 
 @dataclass
+class RazorpayOrderRecord:
+    """A Razorpay order and what its creation request asked for beyond the entity."""
+
+    obj: dict[str, Any]
+    auto_capture: bool = True
+
+
+@dataclass
+class RazorpayPaymentRecord:
+    """A Razorpay payment and its timer (``settle_at_mono`` on the simulated clock)."""
+
+    obj: dict[str, Any]
+    settle_at_mono: float | None = None
+    settle_fails: bool = False
+
+
+@dataclass
+class RazorpayRefundRecord:
+    """A Razorpay refund and when it moves from ``pending`` to ``processed`` (simulated)."""
+
+    obj: dict[str, Any]
+    process_at_mono: float | None = None
+
+
+@dataclass
 class Saved:
     response: Response
     request_id: str
@@ -58,22 +84,35 @@ class WebhookDelivery:
 
     event: dict[str, Any]
     due_mono: float
+    provider: str = "stripe"
+    event_id: str | None = None  # Razorpay: sent as x-razorpay-event-id (Stripe: in the body)
 
 
 class State:
     """All simulator state, guarded by one lock."""
 
     def __init__(
-        self, stripe_api_key: str | None, sendgrid_api_key: str | None, seed: int | None
+        self,
+        stripe_api_key: str | None,
+        sendgrid_api_key: str | None,
+        seed: int | None,
+        *,
+        razorpay_key_id: str | None = None,
+        razorpay_key_secret: str | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.stripe_api_key = stripe_api_key
         self.sendgrid_api_key = sendgrid_api_key
+        self.razorpay_key_id = razorpay_key_id
+        self.razorpay_key_secret = razorpay_key_secret
+        self.razorpay_receipt_mode = "reject"
         self.seed = seed
         self.id_rng = random.Random()
         self.webhook_url: str | None = None
         self.webhook_secret: str | None = None
+        self.razorpay_webhook_url: str | None = None
+        self.razorpay_webhook_secret: str | None = None
         self.webhook_wakeup = threading.Condition(self.lock)
         self._init_data()
 
@@ -93,6 +132,17 @@ class State:
         self.settling: set[str] = set()  # processing intents waiting for their timer
         self.webhook_queue: list[WebhookDelivery] = []
         self.webhook_log: list[dict[str, Any]] = []
+        self.rz_orders: dict[str, RazorpayOrderRecord] = {}
+        self.rz_receipts: dict[str, str] = {}  # receipt -> order id
+        self.rz_payments: dict[str, RazorpayPaymentRecord] = {}
+        self.rz_payments_by_order: dict[str, list[str]] = {}
+        self.rz_refunds: dict[str, RazorpayRefundRecord] = {}
+        self.rz_refunds_by_payment: dict[str, list[str]] = {}
+        # Razorpay objects waiting for a timer: pending debits, authorized (uncaptured)
+        # payments and pending refunds.
+        self.rz_pending_payments: set[str] = set()
+        self.rz_authorized: set[str] = set()
+        self.rz_pending_refunds: set[str] = set()
 
     def reset(self) -> None:
         with self.lock:
@@ -134,11 +184,12 @@ class State:
             return self.faults[provider]
 
     def draw(self, config: FaultConfig) -> Draw:
-        rates = config.rates()
-        if not any(rates):
+        rates, gateway = config.rates(), config.gateway_rates()
+        if not any(rates) and not any(gateway):
             return NO_FAULTS
         with self.lock:
             fired = [self.fault_rng.random() < rate for rate in rates]
+            fired += [rate > 0 and self.fault_rng.random() < rate for rate in gateway]
         return Draw(*fired)
 
     def mark_seen(self, provider: str, key: IdempotencyKey | None) -> bool:
@@ -160,11 +211,23 @@ class State:
             self.webhook_log.append(entry)
 
     def set_webhook(self, url: str | None, secret: str | None) -> None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("webhook url must be an http(s):// URL")
+        _check_webhook_url(url)
         with self.lock:
             self.webhook_url = url
             self.webhook_secret = secret
+
+    def set_razorpay_webhook(self, url: str | None, secret: str | None) -> None:
+        _check_webhook_url(url)
+        with self.lock:
+            self.razorpay_webhook_url = url
+            self.razorpay_webhook_secret = secret
+
+    def set_receipt_mode(self, mode: str) -> None:
+        """How Razorpay order create treats a receipt already used (see the package docs)."""
+        if mode not in RECEIPT_MODES:
+            raise ValueError(f"receipt_mode must be one of {', '.join(RECEIPT_MODES)}: {mode!r}")
+        with self.lock:
+            self.razorpay_receipt_mode = mode
 
     # -- snapshots (lock held by caller-facing wrappers) --------------------------
 
@@ -180,3 +243,8 @@ class State:
             else:
                 source = self.log
             return copy.deepcopy(source)
+
+
+def _check_webhook_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError("webhook url must be an http(s):// URL")
