@@ -43,6 +43,7 @@ NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 BUILTINS: dict[str, str] = {
     "stripe": "orchestrator.providers.stripe.spec:SPEC",
     "sendgrid": "orchestrator.providers.sendgrid:SPEC",
+    "ses": "orchestrator.providers.ses:SPEC",
     "razorpay": "orchestrator.providers.razorpay:SPEC",
 }
 
