@@ -225,3 +225,55 @@ def load_history(
 def execute(url: str, statement: str, args: dict[str, Any] | None = None) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(statement, args)
+
+
+# -- burn-down: what PostgreSQL wrote (scripts/bench --only burndown) -------------------------
+
+# Rows inserted, updated (HOT among them) and deleted per table since the statistics were
+# reset, and the WAL position: two snapshots give what a phase wrote. Backends report their
+# counts at the end of a transaction (at most once a second) and when they exit, so the second
+# snapshot is taken once the workers have stopped.
+_TABLE_WRITES = """
+SELECT relname AS name, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del
+FROM pg_stat_user_tables
+"""
+_WAL_POSITION = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal"
+
+
+@dataclass(frozen=True, slots=True)
+class Writes:
+    """A snapshot of what PostgreSQL has written: WAL bytes so far and, per table, rows
+    (inserted, updated, of which HOT, deleted)."""
+
+    wal_bytes: int
+    tables: dict[str, tuple[int, int, int, int]]
+
+    def since(self, earlier: Writes) -> Writes:
+        """What was written between ``earlier`` and this snapshot (tables that wrote only)."""
+        tables = {}
+        for name, now in self.tables.items():
+            before = earlier.tables.get(name, (0, 0, 0, 0))
+            delta = (
+                now[0] - before[0],
+                now[1] - before[1],
+                now[2] - before[2],
+                now[3] - before[3],
+            )
+            if any(delta):
+                tables[name] = delta
+        return Writes(self.wal_bytes - earlier.wal_bytes, tables)
+
+    @property
+    def rows(self) -> int:
+        """Rows inserted, updated and deleted (a HOT update counts once, as an update)."""
+        return sum(ins + upd + dele for ins, upd, _, dele in self.tables.values())
+
+
+def writes(url: str) -> Writes:
+    """The current :class:`Writes` of the database at ``url``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(_TABLE_WRITES).fetchall()
+        wal_row = conn.execute(_WAL_POSITION).fetchone()
+    wal = int(wal_row[0]) if wal_row else 0
+    tables = {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+    return Writes(wal, tables)

@@ -111,3 +111,49 @@ def test_history_benchmark_reports_every_operation(
             (f"orchestrator_bench_history_{os.getpid()}",),
         ).fetchone()
     assert left == (0,), "the bench database is dropped at the end"
+
+
+def test_burndown_benchmark_reports_both_rates_and_the_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """300 jobs inserted up front, drained by 1 worker process x 2 threads: the orchestrator
+    (no-op provider) succeeds every job, bare dramatiq acks every message, the report prints
+    both rates, the ratio, the insert rates and what PostgreSQL wrote per job, and the
+    throwaway database is gone afterwards."""
+    from orchestrator.dev.benchmarks import burndown
+
+    args = build_parser().parse_args(
+        [
+            "--only",
+            "burndown",
+            "--jobs",
+            "300",
+            "--processes",
+            "1",
+            "--threads",
+            "2",
+            "--database-url",
+            TEST_DATABASE_URL,
+            "--redis-url",
+            TEST_REDIS_URL,
+        ]
+    )
+    burndown.run(args)
+    out = capsys.readouterr().out
+
+    assert out.startswith("== burn-down: 300 jobs inserted")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    for variant in burndown.Variant:
+        cells = rows[str(variant)]
+        assert cells[1] == "300", cells
+        rates = (cells[3], cells[6], cells[7])  # inserted/s, jobs/s, incl. boot jobs/s
+        assert all(float(rate.replace(",", "")) > 0 for rate in rates), cells
+    assert "orchestrator/dramatiq: " in out
+    assert "insert: charge_many" in out
+    assert "PostgreSQL, drain: 6.0 rows/job" in out, "claim + settle: two updates, four inserts"
+    with psycopg.connect(TEST_DATABASE_URL) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s",
+            (f"orchestrator_bench_burndown_{os.getpid()}",),
+        ).fetchone()
+    assert left == (0,), "the bench database is dropped at the end"

@@ -11,6 +11,7 @@ MODULES: tuple[str, ...] = (
     "orchestrator.dev.benchmarks.breaker",
     "orchestrator.dev.benchmarks.bulk",
     "orchestrator.dev.benchmarks.history",
+    "orchestrator.dev.benchmarks.burndown",
 )
 
 __all__ = ["MODULES"]

@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="charges per run at 0 ms provider latency (half as many at 50 ms)",
     )
     parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="burndown: jobs inserted before the workers start (default 1,000,000; "
+        "--quick: 20,000)",
+    )
+    parser.add_argument(
         "--producers",
         type=_positive_int,
         default=1,
