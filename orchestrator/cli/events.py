@@ -27,6 +27,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--json", action="store_true")
     p = command(events, "show", cmd_events_show, "one event with its payload")
     p.add_argument("event", help="row id or provider event id (evt_...)")
+    p.add_argument("--provider", help="whose event id it is (default: any provider's)")
     p.add_argument("--json", action="store_true")
 
 
@@ -53,7 +54,7 @@ def cmd_events_show(args: argparse.Namespace) -> int:
     from orchestrator.webhooks import listing
 
     with open_orchestrator() as orch:
-        event = listing.get_event(orch, args.event)
+        event = listing.get_event(orch, args.event, provider=args.provider)
     # The payload is the provider's; scrub anything secret- or card-shaped before showing it.
     shown = redact(None, "", event.to_dict())
     if args.json:

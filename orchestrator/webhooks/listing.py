@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.errors import JobNotFound, ValidationError
 from orchestrator.models import EventStatus, WebhookEvent
-from orchestrator.providers.stripe.webhooks import PROVIDER as STRIPE
+from orchestrator.providers.registry import with_webhooks
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -37,12 +37,19 @@ def list_events(
     return orch.store.list_webhook_events(args)
 
 
-def get_event(orch: Orchestrator, ident: str, *, provider: str = STRIPE) -> WebhookEvent:
-    """One event with its payload, by row id or by provider event id (``evt_...``)."""
+def get_event(orch: Orchestrator, ident: str, *, provider: str | None = None) -> WebhookEvent:
+    """One event with its payload, by row id or by the provider's event id (``evt_...``,
+    Razorpay's ``x-razorpay-event-id``): of ``provider``, or of any provider that sends
+    webhooks (event ids are unique per provider; the first found is shown)."""
+    event: WebhookEvent | None = None
     if ident.isdigit():
         event = orch.store.webhook_event(int(ident))
     else:
-        event = orch.store.webhook_event_by_event_id(provider, ident)
+        names = [provider] if provider else [spec.name for spec in with_webhooks()]
+        for name in names:
+            event = orch.store.webhook_event_by_event_id(name, ident)
+            if event is not None:
+                break
     if event is None:
         raise JobNotFound(f"no webhook event {ident}")
     return event
