@@ -28,7 +28,8 @@ def signal_of(outcome: Outcome) -> Signal:
     status = outcome.http_status
     if kind in (AttemptOutcome.SUCCEEDED, AttemptOutcome.PENDING, AttemptOutcome.PERMANENT):
         return Signal.SUCCESS
-    if status == 429:
+    if status == 429 or outcome.error_code == "rate_limited":
+        # A throttle however it is spelled (SES's v1 Throttling comes as a 400).
         return Signal.RATE_LIMITED
     if status is not None and status >= 500:
         return Signal.FAILURE

@@ -83,7 +83,7 @@ RATE_MESSAGE, QUOTA_MESSAGE = "Maximum sending rate exceeded.", "Daily message q
 # SES answered: (error code, HTTP status, message, outcome, error_code, breaker signal).
 ANSWERS: list[tuple[str, int, str, AttemptOutcome, str, Signal]] = [
     ("TooManyRequestsException", 429, RATE_MESSAGE, NX, "rate_limited", RATE),
-    ("Throttling", 400, RATE_MESSAGE, NX, "rate_limited", NEUTRAL),
+    ("Throttling", 400, RATE_MESSAGE, NX, "rate_limited", RATE),
     ("ThrottlingException", 400, QUOTA_MESSAGE, NX, "daily_quota_exceeded", NEUTRAL),
     ("SlowDown", 429, "x", NX, "rate_limited", RATE),
     ("RequestTimeout", 408, "x", NX, "RequestTimeout", NEUTRAL),

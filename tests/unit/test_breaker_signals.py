@@ -25,6 +25,11 @@ CASES = [
     ("connect failed", Outcome(A.NOT_EXECUTED, error_code="connect_failed"), Signal.FAILURE),
     ("5xx should-retry", Outcome(A.NOT_EXECUTED, http_status=500), Signal.FAILURE),
     ("429", Outcome(A.NOT_EXECUTED, http_status=429, retry_after_s=1.0), Signal.RATE_LIMITED),
+    (
+        "throttled as a 400 (SES v1 Throttling)",
+        Outcome(A.NOT_EXECUTED, http_status=400, error_code="rate_limited"),
+        Signal.RATE_LIMITED,
+    ),
     ("409 key in use", Outcome(A.NOT_EXECUTED, http_status=409), Signal.NEUTRAL),
     ("idempotency mismatch", Outcome(A.AMBIGUOUS, http_status=400), Signal.NEUTRAL),
 ]
