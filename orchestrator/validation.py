@@ -286,6 +286,7 @@ MAX_TEMPLATE_DATA_BYTES = 10_000
 # A pragmatic address check: one @, a local part and a dotted domain, no spaces or controls.
 _EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 # SendGrid template ids: dynamic ("d-" + 32 hex) or legacy (a UUID).
+_TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,256}$")
 _TEMPLATE_ID_RE = re.compile(r"^(d-[0-9a-f]{32}|[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12})$")
 
 
@@ -307,7 +308,15 @@ def recipients(value: object) -> list[str]:
 
 
 def template_id(value: object) -> str:
-    if not isinstance(value, str) or not _TEMPLATE_ID_RE.match(value):
+    """A provider's template name or id: 1-256 of letters, digits and ``_.:-`` (each email
+    provider checks its own form: ``ProviderSpec.email_checks``)."""
+    if not isinstance(value, str) or not _TEMPLATE_NAME_RE.match(value):
+        raise ValidationError("template must be 1-256 letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def sendgrid_template_id(value: str) -> str:
+    if not _TEMPLATE_ID_RE.match(value):
         raise ValidationError("template must be a SendGrid template id such as 'd-<32 hex>'")
     return value
 

@@ -174,9 +174,10 @@ EMAIL: dict[str, Any] = {
         "template": _opt(
             {
                 "type": "string",
-                "pattern": "^(d-[0-9a-f]{32}|[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12})$",
+                "pattern": "^[A-Za-z0-9_.:-]{1,256}$",
             },
-            "SendGrid template id (d-<32 hex>, or a legacy UUID)",
+            "the provider's template: SendGrid's id (d-<32 hex>, or a legacy UUID), an SES "
+            "template name",
         ),
         "template_data": _opt(
             {"type": "object", "additionalProperties": True}, "dynamic template data"

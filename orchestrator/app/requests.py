@@ -169,9 +169,11 @@ def email_row(
     name = settings.email_provider if provider is None else provider
     if not isinstance(name, str):
         raise ValidationError("provider must be a provider name")
-    provider_for(name, JobKind.EMAIL)
+    spec = provider_for(name, JobKind.EMAIL)
     key = v.idempotency_key(idempotency_key)
     request = _email_request(to, subject, body, template, template_data, at_least_once)
+    if spec.email_checks is not None:
+        spec.email_checks(request)
     request["from_email"] = None if from_email is None else v.email("from_email", from_email)
     sender = request["from_email"] or settings.email_from
     if sender is None:

@@ -73,6 +73,9 @@ class ProviderSpec:
     webhooks: WebhookSupport | None = None
     # Whether its charges need a customer (a saved token belongs to one).
     needs_customer: bool = False
+    # Checks a validated email request (to, subject, body, template, template_data) against
+    # the provider's own limits; ValidationError naming what it refuses.
+    email_checks: Callable[[Mapping[str, Any]], None] | None = None
     # Loggers of its SDK that must stay quiet (they may print request bodies).
     sdk_loggers: tuple[str, ...] = field(default=())
 

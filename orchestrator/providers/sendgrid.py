@@ -31,7 +31,7 @@ from orchestrator.models import AttemptOutcome, Job, JobKind
 from orchestrator.providers.base import NO_RESPONSE, SERVER_ERROR, Outcome
 from orchestrator.providers.http import clip, header, retry_after_s
 from orchestrator.providers.registry import ProviderSpec
-from orchestrator.validation import JOB_ID_METADATA_KEY
+from orchestrator.validation import JOB_ID_METADATA_KEY, sendgrid_template_id
 
 # 503 means SendGrid did not take the request in (v3 API unavailable): provably not delivered.
 # Other 5xx (500, 502, 504) may come after the message was queued for delivery.
@@ -207,10 +207,17 @@ def build(settings: Settings) -> SendGridProvider | None:
     )
 
 
+def email_checks(request: Mapping[str, Any]) -> None:
+    """SendGrid's template ids: dynamic (``d-`` + 32 hex) or legacy (a UUID)."""
+    if request.get("template"):
+        sendgrid_template_id(request["template"])
+
+
 SPEC = ProviderSpec(
     name="sendgrid",
     kinds=frozenset({JobKind.EMAIL}),
     build=build,
+    email_checks=email_checks,
     # python_http_client logs whole payloads and headers (the API key) at DEBUG.
     sdk_loggers=("python_http_client",),
 )

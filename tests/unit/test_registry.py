@@ -150,3 +150,23 @@ def test_a_bad_entry_point_is_refused_and_a_bad_name_is_never_listed(
             registry.spec("broken")
     finally:
         registry.clear_cache()
+
+
+def test_each_email_provider_checks_its_own_limits() -> None:
+    settings = load_settings(**BASE, email_from="shop@example.com")
+
+    def email(provider: str, **extra: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {"subject": None, "idempotency_key": "k", "provider": provider}
+        args.update(extra)
+        return rq.email_row(settings, args.pop("to", "a@example.com"), **args)
+
+    assert email("ses", template="welcome_v2")["params"]["template"] == "welcome_v2"
+    with pytest.raises(ValidationError, match="SendGrid template id"):
+        email("sendgrid", template="welcome_v2")
+    assert email("sendgrid", template="d-" + "a" * 32)["provider"] == "sendgrid"
+    many = [f"r{i}@example.com" for i in range(51)]
+    assert len(email("sendgrid", to=many, subject="s", body="b")["params"]["to"]) == 51
+    with pytest.raises(ValidationError, match="ses takes at most 50 recipients"):
+        email("ses", to=many, subject="s", body="b")
+    with pytest.raises(ValidationError, match="SES template name"):
+        email("ses", template="d:" + "a" * 70)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config import Settings
+from orchestrator.errors import ValidationError
 from orchestrator.models import AttemptOutcome, Job, JobKind
 from orchestrator.providers.base import Outcome
 from orchestrator.providers.registry import ProviderSpec
@@ -178,10 +180,26 @@ def build(settings: Settings) -> SesProvider | None:
     )
 
 
+def email_checks(request: Mapping[str, Any]) -> None:
+    """SES's own limits: at most 50 recipients per message, and template names of letters,
+    digits, ``_`` and ``-`` up to 64 characters."""
+    if len(request["to"]) > MAX_RECIPIENTS:
+        raise ValidationError(f"ses takes at most {MAX_RECIPIENTS} recipients per message")
+    template = request.get("template")
+    if template and not _TEMPLATE_NAME_RE.fullmatch(template):
+        raise ValidationError("an SES template name is 1-64 letters, digits, '_' or '-'")
+
+
+# SES v2 SendEmail: "The recipients ... can't exceed 50"; CreateEmailTemplate's TemplateName.
+MAX_RECIPIENTS = 50
+_TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 SPEC = ProviderSpec(
     name="ses",
     kinds=frozenset({JobKind.EMAIL}),
     build=build,
+    email_checks=email_checks,
     # botocore logs whole requests (bodies, signed headers, session tokens) at DEBUG; boto3
     # and urllib3 (botocore's transport) log endpoints and request lines.
     sdk_loggers=("boto3", "botocore", "urllib3"),
