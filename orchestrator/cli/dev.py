@@ -52,6 +52,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         args.port,
         stripe_api_key=os.environ.get("STRIPE_API_KEY") or None,
         sendgrid_api_key=os.environ.get("SENDGRID_API_KEY") or None,
+        razorpay_key_id=os.environ.get("RAZORPAY_KEY_ID") or None,
+        razorpay_key_secret=os.environ.get("RAZORPAY_KEY_SECRET") or None,
     )
     return EXIT_OK
 

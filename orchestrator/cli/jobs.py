@@ -34,6 +34,16 @@ def register(commands: Commands) -> None:
     p.add_argument("--idempotency-key", required=True)
     p.add_argument("--description")
     p.add_argument("--metadata", action="append", type=_metadata_pair, metavar="KEY=VALUE")
+    p.add_argument(
+        "--provider", help="a registered payment provider (default: ORCHESTRATOR_ROUTES)"
+    )
+    p.add_argument(
+        "--provider-option",
+        action="append",
+        type=_metadata_pair,
+        metavar="KEY=VALUE",
+        help="a field the provider takes (Razorpay: email=..., contact=...)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = command(commands, "send", cmd_send, "enqueue an email (a body or a SendGrid template)")
@@ -45,6 +55,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--template-data", type=_template_data, metavar="JSON")
     p.add_argument("--from", dest="from_email", help="default: ORCHESTRATOR_EMAIL_FROM")
     p.add_argument("--at-least-once", action="store_true", help="retry even if maybe delivered")
+    p.add_argument("--provider", help="sendgrid, ses, ... (default: ORCHESTRATOR_EMAIL_PROVIDER)")
     p.add_argument("--idempotency-key", required=True)
     p.add_argument("--json", action="store_true")
 
@@ -73,7 +84,7 @@ def register(commands: Commands) -> None:
 def _metadata_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep:
-        raise UsageError(f"--metadata expects KEY=VALUE, got {key!r}")
+        raise UsageError(f"expected KEY=VALUE, got {key!r}")
     return key, value
 
 
@@ -94,6 +105,8 @@ def cmd_charge(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             metadata=dict(args.metadata or []),
             description=args.description,
+            provider=args.provider,
+            provider_options=dict(args.provider_option) if args.provider_option else None,
         )
     return _print_enqueued(args, job, f"{job.amount} {job.currency}")
 
@@ -109,6 +122,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             from_email=args.from_email,
             template_data=args.template_data,
             at_least_once=args.at_least_once,
+            provider=args.provider,
         )
     return _print_enqueued(args, job, f"email to {', '.join(job.params['to'])}")
 

@@ -64,6 +64,8 @@ DEV_DATABASE = "orchestrator"
 # Test keys the simulator accepts; `dev` never talks to a real provider.
 DEV_STRIPE_KEY = "sk_test_orchestratorDev4242"
 DEV_SENDGRID_KEY = "SG.orchestratorDev.key"
+DEV_RAZORPAY_KEY_ID = "rzp_test_orchestratorDev"
+DEV_RAZORPAY_KEY_SECRET = "orchestratorDevRazorpaySecret"
 DEV_EMAIL_FROM = "demo@example.com"
 # Tunables for a local stack, each overridable from the environment. The simulator's search
 # is immediately consistent, so waiting Stripe's real-world minute before concluding that an
@@ -249,7 +251,9 @@ def stack_environment(
     Providers always point at the simulator with test keys: a local stack never talks to a
     real provider, whatever the surrounding environment holds.
     """
-    env = dict(base)
+    # No region: SES (AWS) is not configured in a local stack, and emails go to the simulator.
+    env = {k: v for k, v in base.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    env["ORCHESTRATOR_EMAIL_PROVIDER"] = "sendgrid"
     for name, value in DEV_TUNABLES.items():
         env.setdefault(name, value)
     env.setdefault("ORCHESTRATOR_EMAIL_FROM", DEV_EMAIL_FROM)
@@ -260,6 +264,9 @@ def stack_environment(
         STRIPE_API_BASE=simulator_url,
         SENDGRID_API_KEY=DEV_SENDGRID_KEY,
         SENDGRID_API_BASE=simulator_url,
+        RAZORPAY_KEY_ID=DEV_RAZORPAY_KEY_ID,
+        RAZORPAY_KEY_SECRET=DEV_RAZORPAY_KEY_SECRET,
+        RAZORPAY_API_BASE=f"{simulator_url}/razorpay",
     )
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
@@ -346,6 +353,8 @@ class DevStack:
         argv = [sys.executable, "-m", "orchestrator", "simulator", "--port", str(port)]
         env = {**self.base_env, "STRIPE_API_KEY": DEV_STRIPE_KEY}
         env["SENDGRID_API_KEY"] = DEV_SENDGRID_KEY
+        env["RAZORPAY_KEY_ID"] = DEV_RAZORPAY_KEY_ID
+        env["RAZORPAY_KEY_SECRET"] = DEV_RAZORPAY_KEY_SECRET
         self.supervisor.start("simulator", argv, env, project_root())
         url = f"http://127.0.0.1:{port}"
         self._wait_http(f"{url}/_sim/health", "simulator")
@@ -415,7 +424,7 @@ def banner(info: StackInfo, ops_token: str | None) -> str:
     embedded = ", ".join(info.embedded) if info.embedded else "none"
     lines = [
         "orchestrator dev: stack is up (Ctrl-C stops everything)",
-        f"  web         {info.web_url}   (/healthz, /metrics, /webhooks/stripe)",
+        f"  web         {info.web_url}   (/healthz, /metrics, /webhooks/<provider>)",
         f"  dashboard   {info.dashboard_url}",
         f"  simulator   {info.simulator_url}   (/_sim/payment_intents, /_sim/faults)",
         f"  database    {info.database_url}",

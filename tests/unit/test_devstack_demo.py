@@ -72,9 +72,14 @@ def test_stack_environment_never_points_at_real_providers() -> None:
         "STRIPE_API_BASE": "https://api.stripe.com",
         "ORCHESTRATOR_SEARCH_GRACE_S": "7",
         "PATH": "/usr/bin",
+        "RAZORPAY_API_BASE": "https://api.razorpay.com",
+        "AWS_REGION": "eu-west-1",
+        "ORCHESTRATOR_EMAIL_PROVIDER": "ses",
     }
     env = stack_environment(base, "postgresql://db", "redis://r", "http://127.0.0.1:1")
     assert env["STRIPE_API_KEY"] == DEV_STRIPE_KEY
+    assert env["RAZORPAY_API_BASE"] == "http://127.0.0.1:1/razorpay"
+    assert "AWS_REGION" not in env and env["ORCHESTRATOR_EMAIL_PROVIDER"] == "sendgrid"
     assert env["STRIPE_API_BASE"] == env["SENDGRID_API_BASE"] == "http://127.0.0.1:1"
     assert env["ORCHESTRATOR_SEARCH_GRACE_S"] == "7"
     assert env["ORCHESTRATOR_PROCESSING_POLL_S"] == "1"
