@@ -65,7 +65,7 @@ DEV_DATABASE = "orchestrator"
 DEV_STRIPE_KEY = "sk_test_orchestratorDev4242"
 DEV_SENDGRID_KEY = "SG.orchestratorDev.key"
 DEV_RAZORPAY_KEY_ID = "rzp_test_orchestratorDev"
-DEV_RAZORPAY_KEY_SECRET = "orchestratorDevRazorpaySecret"
+DEV_RAZORPAY_KEY_SECRET = "orchestratorDevRazorpaySecret"  # noqa: S105  (a simulator test key)
 DEV_EMAIL_FROM = "demo@example.com"
 # Tunables for a local stack, each overridable from the environment. The simulator's search
 # is immediately consistent, so waiting Stripe's real-world minute before concluding that an
