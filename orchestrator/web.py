@@ -23,6 +23,7 @@ from orchestrator.ops.heartbeats import FleetStatus, heartbeat_client
 from orchestrator.ops.http import ops_routes
 from orchestrator.ops.metrics import metrics_endpoint, metrics_registry
 from orchestrator.ops.service import Operations
+from orchestrator.secrets.tokens import setting_token
 from orchestrator.webhooks.ingest import webhook_routes
 
 
@@ -32,7 +33,8 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     # One shared breaker (and Redis pool) serves /metrics and /ops/api/breaker alike.
     breaker = SharedBreaker.from_settings(settings)
     registry = metrics_registry(orchestrator, breaker)
-    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    # Tokens are read per request: a rotated reference or file applies without a restart.
+    metrics_token = setting_token(settings, "metrics_token")
     # With ORCHESTRATOR_METRICS_BIND, /metrics is served only there (`orchestrator web` starts
     # that listener over app.state.metrics_registry): here it answers 404.
     metrics = (
@@ -44,7 +46,7 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     sessions_redis = heartbeat_client(settings.redis_url)
     ops = ops_routes(
         Operations.from_orchestrator(orchestrator),
-        token=settings.ops_token.get_secret_value() if settings.ops_token else None,
+        token=setting_token(settings, "ops_token"),
         breaker=breaker,
         dead_letters=functools.partial(recent_dead_letters, orchestrator),
         fleet=fleet,
@@ -57,7 +59,7 @@ def create_app(orch: Orchestrator | None = None) -> Starlette:
     # The app HTTP API (/api/v1) for services in other languages: its own bearer token.
     app_api = api_routes(
         orchestrator,
-        token=settings.api_token.get_secret_value() if settings.api_token else None,
+        token=setting_token(settings, "api_token"),
     )
     ready_redis = heartbeat_client(settings.redis_url, READY_TIMEOUT_S)
     checks: dict[str, Callable[[], object]] = {

@@ -57,6 +57,7 @@ from orchestrator.errors import (
 )
 from orchestrator.logs import get_logger
 from orchestrator.models import Job, JobState
+from orchestrator.secrets.tokens import Token, token_reader
 from orchestrator.webhooks.events import WebhookRejected
 from orchestrator.webhooks.ingest import read_body
 
@@ -134,15 +135,16 @@ def _job_response(job: Job, status: int = 200) -> JSONResponse:
 class ApiAuth:
     """The bearer check: constant time, and never open when no token is configured."""
 
-    def __init__(self, token: str | None) -> None:
-        self._token = token.encode() if token else None
+    def __init__(self, token: Token) -> None:
+        self._token = token_reader(token)  # read per request: a rotation applies at once
 
     def ok(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if self._token is None or scheme.lower() != "bearer" or not value.strip():
+        expected = self._token()
+        if expected is None or scheme.lower() != "bearer" or not value.strip():
             return False
         # compare_digest refuses non-ASCII str: compare the UTF-8 bytes.
-        return hmac.compare_digest(value.strip().encode("utf-8", "replace"), self._token)
+        return hmac.compare_digest(value.strip().encode("utf-8", "replace"), expected)
 
 
 def idempotency_key(request: Request) -> str:
@@ -316,7 +318,7 @@ Create = Callable[["Orchestrator", str, dict[str, Any]], Job]
 class AppApi:
     """The ``/api/v1`` handlers over one shared Orchestrator."""
 
-    def __init__(self, orch: Orchestrator, token: str | None) -> None:
+    def __init__(self, orch: Orchestrator, token: Token) -> None:
         self.orch = orch
         self.auth = ApiAuth(token)
 
@@ -372,7 +374,7 @@ class AppApi:
         return JSONResponse(doc.OPENAPI)
 
 
-def api_routes(orch: Orchestrator, *, token: str | None) -> list[BaseRoute]:
+def api_routes(orch: Orchestrator, *, token: Token) -> list[BaseRoute]:
     """Every ``/api/v1`` route; ``token`` authenticates (None: every request is refused)."""
     api = AppApi(orch, token)
     handlers: list[tuple[str, Handler, str]] = [

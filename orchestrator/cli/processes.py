@@ -19,6 +19,7 @@ from orchestrator.cli.common import (
     print_json,
 )
 from orchestrator.config import load_settings
+from orchestrator.secrets.tokens import setting_token
 
 # Idle workers poll Redis this often (ms); dramatiq's default of 1000 adds up to 1 s latency.
 WORKER_POLL_MS = "100"
@@ -140,7 +141,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         # /metrics only on its own listener (the app's own /metrics answers 404), same registry
         # and, when set, the same ORCHESTRATOR_METRICS_TOKEN.
         host, metrics_port = settings.metrics_bind_address
-        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        token = setting_token(settings, "metrics_token")
         metrics_server = serve_metrics(app.state.metrics_registry, host, metrics_port, token)
     try:
         # Forwarded headers are believed only from ORCHESTRATOR_TRUSTED_PROXIES, by the ops

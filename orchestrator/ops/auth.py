@@ -41,6 +41,7 @@ from starlette.requests import Request
 
 from orchestrator.config import ProxyNetwork
 from orchestrator.errors import OrchestratorError
+from orchestrator.secrets.tokens import Token, token_reader
 
 SESSION_COOKIE = "orchestrator_ops_session"
 # A dashboard session lasts one working day; logging in again is cheap.
@@ -55,9 +56,13 @@ LOGIN_WINDOW_S = 15 * 60
 class OpsAuth:
     """Bearer checks, dashboard sessions and CSRF tokens, all keyed on the ops token."""
 
-    def __init__(self, token: str | None, now: Callable[[], float] = time.time) -> None:
-        self._token = token.encode() if token else None
+    def __init__(self, token: Token, now: Callable[[], float] = time.time) -> None:
+        self._read_token = token_reader(token)  # per request: a rotation applies at once
         self._now = now
+
+    @property
+    def _token(self) -> bytes | None:
+        return self._read_token()
 
     def bearer_ok(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")

@@ -45,6 +45,7 @@ from orchestrator.ops.surface import (
     Surface,
     breaker_states,
 )
+from orchestrator.secrets.tokens import Token
 from orchestrator.webhooks.events import WebhookRejected
 from orchestrator.webhooks.ingest import read_body
 
@@ -60,7 +61,7 @@ Fleet = Callable[[], dict[str, Any]]
 def ops_routes(
     ops: Operations,
     *,
-    token: str | None,
+    token: Token,
     breaker: SharedBreaker,
     dead_letters: DeadLetters,
     fleet: Fleet | None = None,

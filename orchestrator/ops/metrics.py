@@ -58,6 +58,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.logs import get_logger
 from orchestrator.models import JobState
 from orchestrator.ops.ledger import DriftKind
+from orchestrator.secrets.tokens import Token, token_reader
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -224,15 +225,14 @@ def metrics_registry(
     return registry
 
 
-def metrics_endpoint(
-    registry: CollectorRegistry, token: str | None
-) -> Callable[[Request], Response]:
+def metrics_endpoint(registry: CollectorRegistry, token: Token) -> Callable[[Request], Response]:
     """The ``GET /metrics`` handler (sync: Starlette runs it in a thread, off the event loop).
     With ``token``, a scrape must carry ``Authorization: Bearer <token>`` (compared in
     constant time) or gets 401 before anything is read."""
-    expected = token.encode() if token else None
+    read_token = token_reader(token)  # per scrape: a rotated token applies at once
 
     def metrics(request: Request) -> Response:
+        expected = read_token()
         if expected is not None and not _bearer_ok(request, expected):
             return Response(
                 "unauthorized\n",
@@ -253,7 +253,7 @@ def _bearer_ok(request: Request, expected: bytes) -> bool:
     return hmac.compare_digest(value.strip().encode("utf-8", "replace"), expected)
 
 
-def metrics_app(registry: CollectorRegistry, token: str | None) -> Starlette:
+def metrics_app(registry: CollectorRegistry, token: Token) -> Starlette:
     """``/metrics`` alone, for its own listener (ORCHESTRATOR_METRICS_BIND)."""
     return Starlette(routes=[Route("/metrics", metrics_endpoint(registry, token))])
 
@@ -305,8 +305,6 @@ class MetricsServer:
             self._thread.join(timeout=10)
 
 
-def serve_metrics(
-    registry: CollectorRegistry, host: str, port: int, token: str | None
-) -> MetricsServer:
+def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: Token) -> MetricsServer:
     """Start ``/metrics`` on ``host:port`` (stop it with ``.stop()``)."""
     return MetricsServer(metrics_app(registry, token), host, port).start()

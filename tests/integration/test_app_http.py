@@ -447,3 +447,38 @@ def test_a_charge_names_its_provider_and_failover_over_http(server: str, orch: A
     ok = post(server, "/charges", {**body, "failover": None}, "http-provider-1")
     assert ok.status_code == 201
     assert orch.job(ok.json()["id"]).provider == "stripe"
+
+
+def test_rotated_api_and_ops_tokens_apply_without_restarting_the_web_process(
+    orch: Any, simulator: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens from files (ORCHESTRATOR_API_TOKEN_FILE, ..._OPS_TOKEN_FILE) are read per
+    request: after the file changes and the settings re-read it, the old token is refused and
+    the new one accepted by the same running app."""
+    from orchestrator.web import create_app
+
+    api_file, ops_file = tmp_path / "api_token", tmp_path / "ops_token"
+    old_api, new_api = "api-old-" + uuid.uuid4().hex, "api-new-" + uuid.uuid4().hex
+    old_ops, new_ops = "ops-old-" + uuid.uuid4().hex, "ops-new-" + uuid.uuid4().hex
+    api_file.write_text(old_api + "\n")
+    ops_file.write_text(old_ops + "\n")
+    monkeypatch.setenv("ORCHESTRATOR_API_TOKEN_FILE", str(api_file))
+    monkeypatch.setenv("ORCHESTRATOR_OPS_TOKEN_FILE", str(ops_file))
+    rotating = orchestrator_like(orch, simulator.url, email_from=SENDER)
+
+    def answers(url: str, path: str, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return int(requests.get(f"{url}{path}", headers=headers, timeout=10).status_code)
+
+    with serve(create_app(rotating)) as url:
+        job = orch.charge(1000, "usd", None, "pm_card_visa", "rotate-1")
+        assert answers(url, f"/api/v1/jobs/{job.id}", old_api) == 200
+        assert answers(url, "/ops/api/counts", old_ops) == 200
+        api_file.write_text(new_api + "\n")
+        ops_file.write_text(new_ops + "\n")
+        changed = rotating.settings.refresh_secrets()
+        assert set(changed) == {"ORCHESTRATOR_API_TOKEN_FILE", "ORCHESTRATOR_OPS_TOKEN_FILE"}
+        assert answers(url, f"/api/v1/jobs/{job.id}", old_api) == 401
+        assert answers(url, f"/api/v1/jobs/{job.id}", new_api) == 200
+        assert answers(url, "/ops/api/counts", old_ops) == 401
+        assert answers(url, "/ops/api/counts", new_ops) == 200
