@@ -347,7 +347,10 @@ class Settings(SecretSettings):
     @field_validator("rate_limits")
     @classmethod
     def _rate_limits(cls, value: str) -> str:
-        parse_rate_limits(value)
+        from orchestrator.providers.registry import spec
+
+        for provider in parse_rate_limits(value):
+            spec(provider)  # ValidationError names a provider that is not registered
         return value
 
     @field_validator("settle_hooks")

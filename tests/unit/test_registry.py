@@ -170,3 +170,9 @@ def test_each_email_provider_checks_its_own_limits() -> None:
         email("ses", to=many, subject="s", body="b")
     with pytest.raises(ValidationError, match="SES template name"):
         email("ses", template="d:" + "a" * 70)
+
+
+def test_rate_limits_name_registered_providers_only() -> None:
+    assert load_settings(**BASE, rate_limits="stripe=100,razorpay=20,ses=14").rate_limits
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_RATE_LIMITS is invalid: .*'strpe'"):
+        load_settings(**BASE, rate_limits="strpe=100")
