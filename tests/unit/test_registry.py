@@ -174,5 +174,5 @@ def test_each_email_provider_checks_its_own_limits() -> None:
 
 def test_rate_limits_name_registered_providers_only() -> None:
     assert load_settings(**BASE, rate_limits="stripe=100,razorpay=20,ses=14").rate_limits
-    with pytest.raises(ConfigError, match="ORCHESTRATOR_RATE_LIMITS is invalid: .*'strpe'"):
+    with pytest.raises(ConfigError, match=r"ORCHESTRATOR_RATE_LIMITS is invalid: .*'strpe'"):
         load_settings(**BASE, rate_limits="strpe=100")
