@@ -25,6 +25,16 @@ class Settled(NamedTuple):
     last_error_code: str | None
 
 
+_SETTLE_DEFAULTS: dict[str, Any] = {
+    "refund_attempt": 0,
+    "broker_carries": False,
+    "attempt_provider": None,
+    "switch_provider": None,
+    "switch_customer": None,
+    "switch_payment_method": None,
+}
+
+
 class Store(Queries):
     """The named queries over a pool; each method is one statement (one round trip)."""
 
@@ -104,8 +114,9 @@ class Store(Queries):
         """Move a job held under ``args["lease_owner"]`` on (queries.sql, settle_job); None
         when the lease was lost meanwhile."""
         # Only a breaker denial gives the attempt back. A caller that does not say whether the
-        # broker carries the job's next message leaves it to the clock's due dispatch.
-        args = {"refund_attempt": 0, "broker_carries": False, **args}
+        # broker carries the job's next message leaves it to the clock's due dispatch. Only a
+        # failover (orchestrator.providers.failover) switches the job's provider.
+        args = {**_SETTLE_DEFAULTS, **args}
         details = args.get("provider_details")
         args["provider_details"] = Jsonb(details) if details is not None else None
         row = self._one("settle_job", args)
