@@ -8,6 +8,7 @@ rest the same way for every provider.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -24,6 +25,17 @@ class WebhookRejected(ValidationError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def json_event(payload: bytes) -> dict[str, Any]:
+    """A verified body as the JSON object every provider's event is; 400 otherwise."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise WebhookRejected(400, "body is not JSON") from None
+    if not isinstance(data, dict):
+        raise WebhookRejected(400, "body is not an event object")
+    return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from orchestrator.webhooks.events import (
     ObjectReport,
     Result,
     WebhookRejected,
+    json_event,
 )
 
 if TYPE_CHECKING:
@@ -102,12 +102,7 @@ def parse_event(payload: bytes, event_id: str | None) -> IncomingEvent:
     if not _short_text(event_id):
         raise WebhookRejected(400, f"missing {EVENT_ID_HEADER} header")
     assert event_id is not None
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        raise WebhookRejected(400, "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise WebhookRejected(400, "body is not an event object")
+    data = json_event(payload)
     event_type, contents = data.get("event"), data.get("payload")
     if not _short_text(event_type) or not isinstance(contents, dict):
         raise WebhookRejected(400, "event needs an event type and a payload")

@@ -15,7 +15,6 @@ disputes are noted on the event row. ``orchestrator.webhooks`` applies what they
 from __future__ import annotations
 
 import functools
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from orchestrator.webhooks.events import (
     ObjectReport,
     Result,
     WebhookRejected,
+    json_event,
 )
 from orchestrator.webhooks.ingest import Verify, endpoint
 
@@ -117,12 +117,7 @@ def verify_signature(
 
 def parse_event(payload: bytes) -> IncomingEvent:
     """The event's id, type and object id; anything not shaped like a Stripe event is refused."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        raise WebhookRejected(400, "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise WebhookRejected(400, "body is not an event object")
+    data = json_event(payload)
     event_id, event_type = data.get("id"), data.get("type")
     container = data.get("data")
     obj = container.get("object") if isinstance(container, dict) else None
