@@ -262,6 +262,17 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
+-- (Migration 0007.) Who waits for a job to settle (Orchestrator.wait, one row per waiting
+-- call): the transition trigger sends NOTIFY orchestrator_settled only for a job listed here,
+-- and deletes its rows as it does. A waiter that ends first deletes its own row; one that
+-- died leaves it until the job settles. No foreign key: a waiter never blocks a job's writes.
+CREATE TABLE IF NOT EXISTS job_waiters (
+    job_id  uuid NOT NULL,
+    waiter  uuid NOT NULL,
+    since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, waiter)
+);
+
 CREATE OR REPLACE FUNCTION jobs_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
@@ -280,7 +291,15 @@ BEGIN
             -- commit to whoever waits (Orchestrator.wait).
             INSERT INTO job_settlements (job_id, kind, provider, state)
             VALUES (NEW.id, NEW.kind, NEW.provider, NEW.state);
-            PERFORM pg_notify('orchestrator_settled', NEW.id::text);
+            -- Announced at commit only to whoever waits for this job (Orchestrator.wait):
+            -- a NOTIFY serializes the commits of every notifying transaction, so a settle
+            -- nobody waits for sends none. This statement runs with the row locked and, the
+            -- function being volatile, with a snapshot of its own: a waiter that registered
+            -- while holding FOR SHARE on the row (add_waiter) is seen here.
+            DELETE FROM job_waiters WHERE job_id = NEW.id;
+            IF FOUND THEN
+                PERFORM pg_notify('orchestrator_settled', NEW.id::text);
+            END IF;
         END IF;
     ELSE
         INSERT INTO job_transitions (job_id, from_state, to_state, changed_by, reason)

@@ -57,7 +57,7 @@ class Orchestrator:
         )
         self._executor: Executor | None = None
         self._lock = threading.Lock()
-        self._settles = SettleListener(settings.database_url)
+        self._settles = SettleListener(settings.database_url, self.store)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Orchestrator:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ from orchestrator.errors import (
     WaitTimeout,
 )
 from orchestrator.logs import get_logger
-from orchestrator.models import Job
+from orchestrator.models import Job, JobState
 
 log = get_logger(__name__)
 
@@ -276,9 +277,10 @@ class AsyncOrchestrator:
         returned within tens of milliseconds of the settle's commit; ``WaitTimeout`` (a
         ``TimeoutError``, carrying the last state seen) after ``timeout`` seconds.
 
-        One LISTEN connection per instance serves every waiter; each waiter re-reads its job
-        once listening (a settle committed before is seen by that read, one after is heard),
-        on each notification for it, and at least every second whatever was heard.
+        One LISTEN connection per instance serves every waiter; each waiter, once listening,
+        registers in ``job_waiters`` and reads the job's state in one statement (a settle
+        committed before is seen by that read; one after is announced, as the job has a
+        waiter), then re-reads it on each notification for it and at least every second.
         """
         canonical = rq.job_id(job_id)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
@@ -289,20 +291,37 @@ class AsyncOrchestrator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         heard = self._listener.subscribe(canonical)
+        waiter = str(uuid.uuid4())
+        registered = False
         try:
             await self._listener.ready(min(timeout, LISTEN_READY_S))
+            # Registered under FOR SHARE (queries: add_waiter): a settle committed before is
+            # read here, one after notifies, as the job has a waiter.
+            state = await self.store.add_waiter(canonical, waiter)
+            if state is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            registered = True
             while True:
-                heard.clear()
-                job = await self.job(canonical)
-                if job.state.is_terminal:
-                    return job
+                if JobState(state).is_terminal:
+                    return await self.job(canonical)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise WaitTimeout(canonical, timeout, str(job.state))
+                    raise WaitTimeout(canonical, timeout, state)
                 with contextlib.suppress(TimeoutError):  # else: the safety re-read
                     await asyncio.wait_for(heard.wait(), min(SAFETY_REREAD_S, remaining))
+                heard.clear()
+                state = str((await self.job(canonical)).state)
         finally:
             self._listener.unsubscribe(canonical, heard)
+            if registered:
+                await self._unregister(canonical, waiter)
+
+    async def _unregister(self, job_id: str, waiter: str) -> None:
+        """Best effort: a row left behind only costs one NOTIFY when the job settles."""
+        try:
+            await self.store.remove_waiter(job_id, waiter)
+        except psycopg.Error as exc:
+            log.warning("wait.unregister_failed", job_id=job_id, error=type(exc).__name__)
 
 
 class _SettledListener:

@@ -1,24 +1,30 @@
 """``Orchestrator.wait``: block until a job settles, woken by PostgreSQL's ``NOTIFY``.
 
-The transition trigger (schema.sql) runs ``pg_notify('orchestrator_settled', job_id)`` in every
-settling transaction, so the notification arrives when the settle commits. One background
-thread per :class:`SettleListener` holds one connection listening on that channel and wakes
-the waiters of the job named; any number of threads may wait at once. A waiter registers,
-makes sure the listener is listening, and only then reads the job's state, so a settle that
-commits in between is either read or heard. It re-reads the state every
-:data:`RECHECK_S` as well: a lost listener connection delays a wait by at most that much.
+The transition trigger (schema.sql) runs ``pg_notify('orchestrator_settled', job_id)`` in a
+settling transaction when someone waits for that job: a waiter registers in ``job_waiters``
+(``Store.add_waiter``), and the trigger deletes the job's rows and notifies. A settle nobody
+waits for sends nothing (PostgreSQL serializes the commits of notifying transactions). One
+background thread per :class:`SettleListener` holds one connection listening on that channel
+and wakes the waiters of the job named; any number of threads may wait at once. A waiter
+makes sure the listener is listening and only then registers, reading the job's state in
+the same statement (under FOR SHARE, so a settle is either read there or sees the
+registration), so no settle is missed. It re-reads the state every :data:`RECHECK_S` as
+well: a lost listener connection delays a wait by at most that much.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import psycopg
 
 from orchestrator.db.pool import connect, listen
 from orchestrator.logs import get_logger
+from orchestrator.models import JobState
 
 log = get_logger(__name__)
 
@@ -31,12 +37,21 @@ LISTEN_POLL_S = 0.5
 READY_TIMEOUT_S = 2.0
 
 
+class WaiterRegistry(Protocol):
+    """Where a waiter says it waits (``orchestrator.db.store.Store``)."""
+
+    def add_waiter(self, job_id: str, waiter: str) -> str | None: ...
+
+    def remove_waiter(self, job_id: str, waiter: str) -> None: ...
+
+
 class SettleListener:
     """Wakes waiters when their job settles; started by the first ``wait``, stopped by
     ``close``."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, registry: WaiterRegistry) -> None:
         self._url = database_url
+        self._registry = registry
         self._lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._ready = threading.Event()
@@ -44,23 +59,28 @@ class SettleListener:
         self._thread: threading.Thread | None = None
 
     def wait(self, job_id: str, timeout_s: float, is_settled: Callable[[str], bool]) -> bool:
-        """True once ``is_settled(job_id)`` holds (read after each wake-up), False when
-        ``timeout_s`` passes first."""
+        """True once the job has settled (or is gone), as read when registering and by
+        ``is_settled(job_id)`` after each wake-up; False when ``timeout_s`` passes first."""
         deadline = time.monotonic() + timeout_s
         event = threading.Event()
+        waiter = str(uuid.uuid4())
+        registered = False
         with self._lock:
             self._waiters.setdefault(job_id, set()).add(event)
             self._start_locked()
         try:
             self._ready.wait(min(READY_TIMEOUT_S, timeout_s))
-            while True:
-                event.clear()
-                if is_settled(job_id):
-                    return True
+            state = self._registry.add_waiter(job_id, waiter)
+            registered = state is not None
+            settled = state is None or JobState(state).is_terminal
+            while not settled:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 event.wait(min(remaining, RECHECK_S))
+                event.clear()
+                settled = is_settled(job_id)
+            return True
         finally:
             with self._lock:
                 events = self._waiters.get(job_id)
@@ -68,6 +88,16 @@ class SettleListener:
                     events.discard(event)
                     if not events:
                         del self._waiters[job_id]
+            if registered:
+                self._unregister(job_id, waiter)
+
+    def _unregister(self, job_id: str, waiter: str) -> None:
+        """Best effort: a row left behind only costs one NOTIFY when the job settles (the
+        trigger deletes it then)."""
+        try:
+            self._registry.remove_waiter(job_id, waiter)
+        except psycopg.Error as exc:
+            log.warning("wait.unregister_failed", job_id=job_id, error=type(exc).__name__)
 
     def close(self) -> None:
         self._stop.set()

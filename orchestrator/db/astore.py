@@ -140,3 +140,19 @@ class AsyncStore:
 
         row = await self.retrying(read)
         return Job.from_row(row) if row else None
+
+    async def add_waiter(self, job_id: str, waiter: str) -> str | None:
+        """As ``Store.add_waiter``: register for the settle announcement; the job's state."""
+
+        async def add(conn: AConn) -> Row | None:
+            cursor = await conn.execute(q("add_waiter"), {"id": job_id, "waiter": waiter})
+            return await cursor.fetchone()
+
+        row = await self.retrying(add)
+        return str(row["state"]) if row else None
+
+    async def remove_waiter(self, job_id: str, waiter: str) -> None:
+        async def remove(conn: AConn) -> None:
+            await conn.execute(q("remove_waiter"), {"id": job_id, "waiter": waiter})
+
+        await self.retrying(remove)

@@ -301,6 +301,15 @@ class Store(Queries):
         row = self._one("job_state", {"id": job_id})
         return str(row["state"]) if row else None
 
+    def add_waiter(self, job_id: str, waiter: str) -> str | None:
+        """Register a waiter for the job's settle announcement (queries: add_waiter); the
+        job's state, None when there is no such job."""
+        row = self._one("add_waiter", {"id": job_id, "waiter": waiter})
+        return str(row["state"]) if row else None
+
+    def remove_waiter(self, job_id: str, waiter: str) -> None:
+        self._rowcount("remove_waiter", {"id": job_id, "waiter": waiter})
+
 
 def _event(row: Row | None) -> WebhookEvent | None:
     return WebhookEvent.from_row(row) if row else None

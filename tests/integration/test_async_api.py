@@ -137,6 +137,9 @@ def test_wait_on_a_settled_job_returns_at_once_and_times_out_otherwise(orch: Any
         assert 0.3 <= elapsed < 1.0
         assert (caught.value.job_id, caught.value.state) == (pending.id, "pending")
         assert isinstance(caught.value, TimeoutError)
+        # The wait that timed out took its job_waiters row with it: the settle stays silent.
+        with psycopg.connect(orch.settings.database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM job_waiters").fetchone() == (0,)
         with pytest.raises(JobNotFound):
             await aorch.wait("00000000-0000-0000-0000-000000000000", timeout=1)
         with pytest.raises(ValidationError):

@@ -71,6 +71,87 @@ def test_wait_is_woken_by_the_notify_not_by_polling(
     assert waited < 10, "woken by the re-read, not by the notification"
 
 
+def _settled_notifications(url: str, during: Any, listen_s: float = 0.5) -> list[str]:
+    """The ``orchestrator_settled`` payloads a bystander hears while ``during()`` runs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("LISTEN orchestrator_settled")
+        during()
+        return [n.payload for n in conn.notifies(timeout=listen_s)]
+
+
+def _waiter_rows(orch: Any) -> int:
+    with psycopg.connect(orch.settings.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM job_waiters").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_settle_nobody_waits_for_sends_no_notify(
+    orch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOTIFY serializes commits, so only a settle someone waits for announces itself: one
+    job settled with no waiter is silent, one with a waiter is heard (once), and the waiter's
+    row is gone with the settle."""
+    monkeypatch.setattr(waiting, "RECHECK_S", 60.0)
+    url = orch.settings.database_url
+    quiet = _charge(orch, "notify-quiet")
+    heard = _settled_notifications(url, lambda: _settle_by_sql(orch, quiet.id, 0).join())
+    assert heard == []
+    waited = _charge(orch, "notify-waited")
+
+    def settle_while_waited() -> None:
+        settler = _settle_by_sql(orch, waited.id, after_s=0.3)
+        assert orch.wait(waited.id, timeout=20).state is JobState.CANCELLED
+        settler.join()
+
+    heard = _settled_notifications(url, settle_while_waited)
+    assert heard == [waited.id]
+    assert _waiter_rows(orch) == 0
+
+
+def test_wait_registering_during_an_uncommitted_settle_is_not_missed(
+    orch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the registration closes: the settle's trigger has already run (no waiter
+    then, so no NOTIFY) when wait() registers, and commits after. The registration waits for
+    the row lock and reads the committed state: wait() returns at the commit, not at the
+    (pushed-out) safety re-read."""
+    monkeypatch.setattr(waiting, "RECHECK_S", 60.0)
+    job = _charge(orch, "wait-race")
+    done: dict[str, Any] = {}
+    with psycopg.connect(orch.settings.database_url) as settler:
+        settler.execute(
+            "UPDATE jobs SET state = 'cancelled', changed_by = 'test', "
+            "change_reason = 'settled by the test' WHERE id = %s",
+            (job.id,),
+        )
+
+        def wait() -> None:
+            done["job"] = orch.wait(job.id, timeout=20)
+            done["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.5)
+        assert "job" not in done, "the registration did not wait for the settle's row lock"
+        settler.commit()
+        committed = time.monotonic()
+    waiter.join(25)
+    assert done["job"].state is JobState.CANCELLED
+    assert done["at"] - committed < 5
+    assert _waiter_rows(orch) == 0
+
+
+def test_a_wait_that_times_out_leaves_no_waiter_row(orch: Any) -> None:
+    job = _charge(orch, "wait-timeout-row")
+    with pytest.raises(WaitTimeout):
+        orch.wait(job.id, timeout=0.2)
+    assert _waiter_rows(orch) == 0
+    heard = _settled_notifications(
+        orch.settings.database_url, lambda: _settle_by_sql(orch, job.id, 0).join()
+    )
+    assert heard == []
+
+
 def test_many_waiters_on_many_jobs(orch: Any, worker: Any) -> None:
     jobs = [_charge(orch, f"wait-many-{i}") for i in range(20)]
     results: dict[str, str] = {}

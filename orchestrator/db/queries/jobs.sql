@@ -282,6 +282,25 @@ SELECT count(*) AS n FROM job_settlements;
 -- name: job_state
 SELECT state::text AS state FROM jobs WHERE id = %(id)s;
 
+-- name: add_waiter
+-- Orchestrator.wait, once its connection LISTENs: the job's state, and a job_waiters row when
+-- it has not settled, so that its settle sends NOTIFY orchestrator_settled. FOR SHARE closes
+-- the race with a settle: one already updating the row is waited for (its state is read
+-- here), and one coming later waits for this commit, after which its trigger sees the row.
+WITH job AS (
+    SELECT state FROM jobs WHERE id = %(id)s FOR SHARE
+), registered AS (
+    INSERT INTO job_waiters (job_id, waiter)
+    SELECT %(id)s, %(waiter)s FROM job
+    WHERE state NOT IN ('succeeded', 'failed', 'dead', 'cancelled')
+    ON CONFLICT DO NOTHING
+)
+SELECT state::text AS state FROM job;
+
+-- name: remove_waiter
+-- A wait that ends without the settle (timeout, error): its row goes (a settle deletes them).
+DELETE FROM job_waiters WHERE job_id = %(id)s AND waiter = %(waiter)s;
+
 -- name: insert_jobs_bulk
 -- charge_many (orchestrator.app.bulk): insert a whole batch in one statement. The batch comes
 -- as one JSON array of rows (keys unique within it): one parameter, parsed by the server,
