@@ -16,9 +16,11 @@ a broker emptied or restarted loses nothing the clock's sweeps do not resend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 from orchestrator.brokers.base import (
     BrokerKind,
@@ -28,7 +30,7 @@ from orchestrator.brokers.base import (
     QueueCounts,
 )
 from orchestrator.brokers.rabbitmq import RabbitmqOps, rabbitmq_broker
-from orchestrator.brokers.redis_broker import RedisOps, redis_broker
+from orchestrator.brokers.redis_broker import RedisOps, enqueue_many, redis_broker
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 
@@ -63,6 +65,16 @@ def build_broker(settings: Settings, **overrides: Any) -> dramatiq.Broker:
     if broker_kind(settings) == "rabbitmq":
         return rabbitmq_broker(settings, **overrides)
     return redis_broker(settings, **overrides)
+
+
+def send_many(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
+    """Enqueue each message now: Redis in one pipelined round trip, any other broker one by
+    one. Raises the first failure (messages before it may have gone out)."""
+    if isinstance(broker, RedisBroker):
+        enqueue_many(broker, messages)
+        return
+    for message in messages:
+        broker.enqueue(message)
 
 
 def broker_ops(settings: Settings, timeout_s: float | None = None) -> BrokerOps:

@@ -9,13 +9,17 @@ list or requeue them: reading those keys is the only way (dramatiq/brokers/redis
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 
 from orchestrator.brokers.base import BrokerKind, BrokerUnavailable, DeadLetter, QueueCounts
 from orchestrator.config import Settings
@@ -51,6 +55,54 @@ def redis_broker(settings: Settings, **overrides: Any) -> RedisBroker:
         **overrides,
     }
     return RedisBroker(**options)  # type: ignore[no-untyped-call]
+
+
+def enqueue_many(broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]]) -> None:
+    """``broker.enqueue`` of each message (none delayed), in one pipelined round trip.
+
+    Each message goes through the same ``dispatch.lua`` enqueue, with the same middleware
+    hooks around it, as ``RedisBroker.enqueue`` (dramatiq 2.2, pinned): only the round trips
+    are shared. Measured: a third of the client's and of Redis's CPU per message. EVALSHA
+    directly (a pipeline given Script objects first asks SCRIPT EXISTS); a Redis that lost its
+    scripts gets the script again and the batch again (a duplicate message is harmless: the
+    claim decides). Raises what the pipeline raises; messages sent before a failure stay sent.
+    """
+    prepared = []
+    for message in messages:
+        # As Message.copy: each enqueued message gets an id of its own in Redis.
+        options = {**message.options, "redis_message_id": str(uuid.uuid4())}
+        copy = dataclasses.replace(message, options=options)
+        broker.emit_before("enqueue", copy, None)
+        prepared.append(copy)
+    script = broker.scripts["dispatch"]
+    try:
+        _dispatch_enqueues(broker, script.sha, prepared)
+    except redis.exceptions.NoScriptError:
+        script.sha = broker.client.script_load(script.script)
+        _dispatch_enqueues(broker, script.sha, prepared)
+    for copy in prepared:
+        broker.emit_after("enqueue", copy, None)
+
+
+def _dispatch_enqueues(broker: RedisBroker, sha: str, messages: Sequence[Any]) -> None:
+    pipe = broker.client.pipeline(transaction=False)
+    for message in messages:  # the arguments of RedisBroker._dispatch("enqueue")
+        pipe.evalsha(
+            sha,
+            1,
+            broker.namespace,
+            "enqueue",
+            current_millis(),
+            message.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance("enqueue"),
+            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+            message.options["redis_message_id"],
+            message.encode(),
+        )
+    pipe.execute()
 
 
 def xq_keys(namespace: str, queue: str) -> tuple[str, str]:

@@ -288,3 +288,49 @@ def test_closing_sends_what_is_queued(orch: Any) -> None:
     jobs = [_charge(own, f"flush-{i}") for i in range(20)]
     own.dispatcher.close()
     assert queued_messages(orch) == len(jobs)
+
+
+def test_background_sends_are_pipelined_whole_after_a_script_flush(orch: Any) -> None:
+    """The background thread sends a batch in pipelined pieces (Redis): every id arrives once,
+    as the execute_job message a worker reads, with the broker's middleware told of each;
+    a Redis without the Lua script (NOSCRIPT) gets it again."""
+    import hashlib
+    import json
+    import uuid
+
+    import dramatiq
+
+    from orchestrator import broker as broker_module
+    from orchestrator.api import Orchestrator
+    from orchestrator.broker import make_broker, redis_for
+    from tests.conftest import is_rabbitmq, queued_messages
+
+    if is_rabbitmq(orch):
+        pytest.skip("pipelined sends are the Redis broker's")
+
+    seen: list[str] = []
+
+    class Seen(dramatiq.Middleware):
+        def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+            seen.append(message.args[0])
+
+    settings = orch.settings
+    broker = make_broker(settings)
+    broker.add_middleware(Seen())
+    own = Orchestrator(settings, store=orch.store, broker=broker)
+    client = redis_for(settings)
+    # As if Redis had lost the script (SCRIPT FLUSH would be undone at once by any other
+    # dramatiq process on this server, since redis-py reloads a script on NOSCRIPT).
+    script = broker.scripts["dispatch"]
+    script.sha = "0" * 40
+    ids = [str(uuid.uuid4()) for _ in range(broker_module.SEND_BATCH * 2 + 7)]
+    own.dispatcher.send_soon_many(ids)
+    own.dispatcher.close()
+    assert queued_messages(orch) == len(ids)
+    assert sorted(seen) == sorted(ids)
+    stored = client.hvals(f"{settings.redis_namespace}:{settings.queue_name}.msgs")
+    messages = [json.loads(raw) for raw in stored]
+    assert sorted(m["args"][0] for m in messages) == sorted(ids)
+    assert {m["actor_name"] for m in messages} == {broker_module.EXECUTE_ACTOR}
+    assert script.sha == hashlib.sha1(script.script).hexdigest()
+    client.close()
