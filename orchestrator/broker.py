@@ -13,7 +13,8 @@ from typing import Any
 import dramatiq
 
 from orchestrator.background import Batcher
-from orchestrator.brokers import build_broker, send_many
+from orchestrator.brokers import build_broker
+from orchestrator.brokers import send_many as send_messages
 from orchestrator.brokers.redis_broker import (  # re-exported: benchmarks and tools use them
     HEARTBEAT_TIMEOUT_MS as HEARTBEAT_TIMEOUT_MS,
 )
@@ -103,7 +104,7 @@ class Dispatcher:
         for start in range(0, len(job_ids), SEND_BATCH):
             piece = job_ids[start : start + SEND_BATCH]
             try:
-                send_many(self.broker, [self._message(EXECUTE_ACTOR, (j,)) for j in piece])
+                self.send_many(piece)
             except Exception as exc:  # the committed jobs are safe: the clock's sweep sends them
                 log.warning(
                     "job.dispatch_deferred",
@@ -111,6 +112,11 @@ class Dispatcher:
                     jobs=len(piece),
                     error=type(exc).__name__,
                 )
+
+    def send_many(self, job_ids: Sequence[str]) -> None:
+        """Send ``execute_job`` for each of ``job_ids`` now, together: one pipelined round trip
+        on Redis, one message after another on other brokers."""
+        send_messages(self.broker, [self._message(EXECUTE_ACTOR, (j,)) for j in job_ids])
 
     def send(self, job_id: str, delay_s: float = 0.0) -> None:
         """Send ``execute_job(job_id)`` now (a job due again later goes through ``schedule``)."""

@@ -288,13 +288,18 @@ def test_dispatch_lag_of_200_jobs_backed_off_3s(orch: Any, simulator: Any) -> No
 def _record_sends(dispatcher: Any, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delay of every message ``dispatcher`` sends from now on, in order."""
     delays: list[float] = []
-    send_to = dispatcher.send_to
+    send_to, send_many = dispatcher.send_to, dispatcher.send_many
 
     def recording(actor_name: str, *args: Any, delay_s: float = 0.0, **kw: Any) -> None:
         delays.append(delay_s)
         send_to(actor_name, *args, delay_s=delay_s, **kw)
 
+    def recording_many(job_ids: Any) -> None:  # the background sender's batches: no delay
+        delays.extend(0.0 for _ in job_ids)
+        send_many(job_ids)
+
     monkeypatch.setattr(dispatcher, "send_to", recording)
+    monkeypatch.setattr(dispatcher, "send_many", recording_many)
     return delays
 
 
