@@ -31,6 +31,18 @@ class JobState(enum.StrEnum):
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
+# The states a job stays in for a while, each few rows at any time (dead until an operator
+# acts): counting them reads only live rows. succeeded, failed and cancelled only grow with
+# history, so they are reported as settles ever (job_settled_totals), never counted.
+LIVE_STATES = (
+    JobState.PENDING,
+    JobState.RUNNING,
+    JobState.RETRYING,
+    JobState.UNKNOWN,
+    JobState.PROCESSING,
+    JobState.DEAD,
+)
+
 
 class JobKind(enum.StrEnum):
     CHARGE = "charge"

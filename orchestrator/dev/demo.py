@@ -366,7 +366,7 @@ class Demo:
             settle_p50_s=_round(percentile(settle_times, 50)),
             settle_p99_s=_round(percentile(settle_times, 99)),
             breaker_trips={p: trips_after[p] - trips_before.get(p, 0) for p in trips_after},
-            dlq_size=self.orch.store.count_by_state().get("dead", 0),
+            dlq_size=self.orch.ops_store.dlq_size(),
             faults_injected=dict(sorted(faults.items())),
             next_steps={
                 "dashboard": self.stack.dashboard_url,

@@ -37,6 +37,7 @@ form.inline{display:inline}
 def render_dashboard(
     *,
     counts: dict[str, int],
+    settled: dict[str, int],
     dead: Sequence[Job],
     broker_letters: Sequence[dict[str, Any]],
     breakers: Sequence[dict[str, Any]],
@@ -46,7 +47,9 @@ def render_dashboard(
     now: datetime | None = None,
     drift: dict[str, Any] | None = None,
 ) -> str:
-    """The page; ``drift`` is :meth:`orchestrator.ops.service.Operations.drift`'s answer."""
+    """The page. ``counts`` are the live jobs by state and ``settled`` the settles ever by
+    state (:class:`orchestrator.ops.service.JobCounts`); ``drift`` is
+    :meth:`orchestrator.ops.service.Operations.drift`'s answer."""
     parts = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>orchestrator ops</title><style>{_STYLE}</style></head><body>",
@@ -57,7 +60,7 @@ def render_dashboard(
     if notice:
         parts.append(f'<p class="notice" id="notice">{escape(notice)}</p>')
     parts += [
-        _counts(counts),
+        _counts(counts, settled),
         "<h2>Attempts per minute (last hour)</h2>",
         attempts_chart(points, now or datetime.now(UTC)),
         _breakers(breakers),
@@ -96,12 +99,19 @@ def render_replay_confirmation(job: Job, csrf: str) -> str:
     )
 
 
-def _counts(counts: dict[str, int]) -> str:
-    cells = "".join(
+def _counts(counts: dict[str, int], settled: dict[str, int]) -> str:
+    live = "".join(
         f'<tr><th>{escape(state)}</th><td id="count-{escape(state)}">{n}</td></tr>'
         for state, n in counts.items()
     )
-    return f'<h2>Jobs by state</h2><table id="counts">{cells}</table>'
+    ever = "".join(
+        f'<tr><th>{escape(state)}</th><td id="settled-{escape(state)}">{n}</td></tr>'
+        for state, n in settled.items()
+    )
+    return (
+        f'<h2>Live jobs by state</h2><table id="counts">{live}</table>'
+        f'<h2>Settled ever</h2><table id="settled">{ever}</table>'
+    )
 
 
 def _breakers(breakers: Sequence[dict[str, Any]]) -> str:

@@ -126,8 +126,10 @@ class _Dashboard(Surface):
         return HTMLResponse(page, headers=_NO_STORE)
 
     def _render(self, session: str, notice: str | None) -> str:
+        counts = self.ops.counts()
         return render_dashboard(
-            counts=self.ops.counts(),
+            counts=counts.live,
+            settled=counts.settled,
             dead=self.ops.list_dead(JobFilter(), limit=50).jobs,
             broker_letters=self._dead_letters(20),
             breakers=_safe_breakers(self._breaker),

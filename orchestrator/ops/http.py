@@ -164,7 +164,7 @@ class _Api(Surface):
         return OPENAPI
 
     def counts(self, request: Request, body: dict[str, Any]) -> Any:
-        return {"jobs_by_state": self.ops.counts()}
+        return self.ops.counts().to_dict()
 
     def attempts(self, request: Request, body: dict[str, Any]) -> Any:
         window_s = _int_param(request, "window_s", CHART_WINDOW_S, 60, 7 * 24 * 3600)

@@ -56,7 +56,7 @@ from orchestrator.config import Settings
 from orchestrator.db import OpsStore
 from orchestrator.errors import OrchestratorError
 from orchestrator.logs import get_logger
-from orchestrator.models import JobState
+from orchestrator.models import LIVE_STATES
 from orchestrator.ops.ledger import DriftKind
 from orchestrator.secrets.tokens import Token, token_reader
 
@@ -71,17 +71,6 @@ METRICS_WINDOW_S = 300
 LATENCY_BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 # A scrape must not hang on the broker.
 REDIS_TIMEOUT_S = 1.0
-# The states a job can stay in, counted by orchestrator_jobs: each is few rows at any time
-# (dead until an operator acts). succeeded, failed and cancelled only grow: they are counted
-# by orchestrator_jobs_settled_total instead.
-LIVE_STATES = (
-    JobState.PENDING,
-    JobState.RUNNING,
-    JobState.RETRYING,
-    JobState.UNKNOWN,
-    JobState.PROCESSING,
-    JobState.DEAD,
-)
 # How long `orchestrator web` waits for its separate /metrics listener to come up.
 METRICS_SERVER_START_S = 10.0
 

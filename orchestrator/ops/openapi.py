@@ -113,7 +113,7 @@ OPENAPI: dict[str, Any] = {
     "security": [{"bearer": []}],
     "paths": {
         "/ops/openapi.json": _get("this document", []),
-        "/ops/api/counts": _get("jobs by state", []),
+        "/ops/api/counts": _get("live jobs by state and settles ever by state", []),
         "/ops/api/attempts": _get(
             "provider attempts per minute and outcome",
             [_query("window_s", {"type": "integer", "minimum": 60, "maximum": 604800}, "seconds")],

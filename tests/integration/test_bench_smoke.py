@@ -102,6 +102,7 @@ def test_history_benchmark_reports_every_operation(
         assert float(empty_ms) > 0 and float(full_ms) > 0, label
         assert verdict == ("ok" if float(ratio) <= history.TARGET_RATIO else "OVER"), label
     assert "history loaded in" in out
+    assert "for comparison, no target: Store.count_by_state (every job)" in out
     for table in ("jobs", "job_transitions", "job_attempts"):
         assert any(line.startswith(f"{table} ") for line in out.splitlines()), table
     assert "target: every operation within 1.20x" in out

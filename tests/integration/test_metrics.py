@@ -19,8 +19,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.db.pool import q
-from orchestrator.models import JobState
-from orchestrator.ops.metrics import LIVE_STATES, serve_metrics
+from orchestrator.models import LIVE_STATES, JobState
+from orchestrator.ops.metrics import serve_metrics
 from tests.conftest import orchestrator_like, serve, truncate
 from tests.processes import free_port, settings_env, spawn
 

@@ -291,6 +291,54 @@ def test_an_oversized_json_body_is_413(server: str) -> None:
     assert answer.status_code == 413
 
 
+def test_counts_show_live_jobs_and_settles_without_counting_every_job(
+    server: str, orch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/ops/api/counts and the dashboard read the live jobs by state (dead included) and the
+    settles ever by state, never Store.count_by_state (a scan of every job ever): a pending
+    charge and a dead job show up live, and cancelling the charge moves it to the settles."""
+    from orchestrator.db import Store
+
+    def refuse(self: Any) -> dict[str, int]:
+        raise AssertionError("counts called count_by_state")
+
+    monkeypatch.setattr(Store, "count_by_state", refuse)
+
+    def counts() -> dict[str, dict[str, int]]:
+        answer = requests.get(f"{server}/ops/api/counts", headers=AUTH, timeout=10)
+        assert answer.status_code == 200
+        return dict(answer.json())
+
+    before = counts()
+    assert set(before["jobs_by_state"]) == {
+        "pending",
+        "running",
+        "retrying",
+        "unknown",
+        "processing",
+        "dead",
+    }
+    assert set(before["settled_total"]) == {"succeeded", "failed", "dead", "cancelled"}
+    seed_dead_job(orch, f"counts-dead-{uuid.uuid4().hex[:8]}")
+    job = orch.charge(700, "usd", None, "pm_card_visa", f"counts-{uuid.uuid4().hex[:8]}")
+    live = counts()["jobs_by_state"]
+    assert live["pending"] == before["jobs_by_state"]["pending"] + 1
+    assert live["dead"] == before["jobs_by_state"]["dead"] + 1
+    orch.cancel(job.id, reason="counted")
+    after = counts()
+    assert after["jobs_by_state"]["pending"] == before["jobs_by_state"]["pending"]
+    assert after["settled_total"]["cancelled"] == before["settled_total"]["cancelled"] + 1
+
+    browser = requests.Session()
+    assert browser.post(f"{server}/ops/login", data={"token": TOKEN}, timeout=10).ok
+    page = browser.get(f"{server}/ops/", timeout=10).text
+    dead = after["jobs_by_state"]["dead"]
+    cancelled = after["settled_total"]["cancelled"]
+    assert f'<td id="count-dead">{dead}</td>' in page
+    assert f'<td id="settled-cancelled">{cancelled}</td>' in page
+    assert 'id="count-succeeded"' not in page
+
+
 def test_non_ascii_cookies_and_csrf_values_are_refused_not_500(server: str) -> None:
     """A session cookie or CSRF value with non-ASCII characters is a failed check (401/403),
     never a server error."""

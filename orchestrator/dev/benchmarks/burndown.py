@@ -52,8 +52,7 @@ from orchestrator.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE
 from orchestrator.db.bench import Writes, writes
 from orchestrator.dev.benchmarks import support
 from orchestrator.dev.benchmarks.support import BenchError, WorkerShape, World
-from orchestrator.models import JobState
-from orchestrator.ops.metrics import LIVE_STATES
+from orchestrator.models import LIVE_STATES, JobState
 
 DEFAULT_JOBS = 1_000_000
 QUICK_JOBS = 20_000

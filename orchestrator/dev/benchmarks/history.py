@@ -12,6 +12,9 @@ themselves enqueue):
 * clock: one ``Clock(orch).run_once()`` pass, median of 5 (the audit is off: it calls Stripe);
 * dlq list: ``Operations.list_dead(JobFilter(), limit=50)``, the first page, median of 20;
 * scrape: ``generate_latest(metrics_registry(orch))``, the whole ``/metrics``, median of 10;
+* counts: ``Operations.counts()``, what the dashboard and ``/ops/api/counts`` show, median
+  of 10 (and, for comparison only, ``Store.count_by_state``, the count of every job they
+  used to read, median of 3);
 
 and, for each, the shared buffers (hit + read) its SQL touches, from ``EXPLAIN (ANALYZE,
 BUFFERS)`` of the named queries it runs (modifying ones in a transaction rolled back): those
@@ -59,11 +62,10 @@ from orchestrator.dev.benchmarks.support import BenchError
 from orchestrator.maintenance import BATCH_LIMIT
 from orchestrator.maintenance.clock import Clock
 from orchestrator.maintenance.schedule import lead_s
-from orchestrator.models import JobState
+from orchestrator.models import LIVE_STATES, JobState
 from orchestrator.ops.filters import JobFilter, decode_cursor
 from orchestrator.ops.metrics import (
     LATENCY_BUCKETS_MS,
-    LIVE_STATES,
     METRICS_WINDOW_S,
     metrics_registry,
 )
@@ -78,12 +80,16 @@ CLOCK_PASSES = 5
 DLQ_LISTS = 20
 DLQ_PAGE = 50
 SCRAPES = 10
+COUNTS = 10
+FULL_COUNTS = 3
 TARGET_RATIO = 1.20
 # The present, in both runs: dead jobs in the DLQ, each with an attempt inside the metrics window.
 LIVE_DEAD = 100
 SEND_TIMEOUT_S = 120.0
 
-OPERATIONS = ("enqueue", "claim", "clock", "dlq list", "scrape")
+OPERATIONS = ("enqueue", "claim", "clock", "dlq list", "scrape", "counts")
+# Timed beside the operations for comparison, with no target: the full count by state.
+FULL_COUNT = "count_by_state"
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -121,6 +127,7 @@ OPERATION_QUERIES: dict[str, tuple[str, ...]] = {
         "broker_dead_letters_by_action",
         "ledger_drift_by_kind",
     ),
+    "counts": ("metrics_live_jobs", "metrics_settled_totals"),
 }
 
 
@@ -160,6 +167,8 @@ def _phase(settings: Settings, tag: str) -> Phase:
         )
         registry = metrics_registry(orch)
         phase.timings["scrape"] = _repeat(lambda: generate_latest(registry), SCRAPES)
+        phase.timings["counts"] = _repeat(ops.counts, COUNTS)
+        phase.timings[FULL_COUNT] = _repeat(orch.store.count_by_state, FULL_COUNTS)
         probe = orch.charge(1000, "usd", "cus_bench", "pm_card_visa", f"probe-{tag}")
         if not orch.dispatcher.flush(SEND_TIMEOUT_S):
             raise BenchError(f"messages still unsent after {SEND_TIMEOUT_S:.0f}s")
@@ -324,6 +333,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("clock", "median", f"clock: run_once() median of {CLOCK_PASSES}"),
     ("dlq list", "median", f"dlq list: first page of {DLQ_PAGE}, median of {DLQ_LISTS}"),
     ("scrape", "median", f"scrape: /metrics, median of {SCRAPES}"),
+    ("counts", "median", f"counts: dashboard and /ops/api/counts, median of {COUNTS}"),
 )
 
 
@@ -376,6 +386,14 @@ def render(n: int, empty: Phase, full: Phase, load: Load, machine: str) -> str:
         )
     headers = ["operation", "empty ms", f"with {n:,} ms", "ratio", "verdict", "buf empty", "buf N"]
     lines.append(support.render_table(headers, rows))
+    full_count = (
+        _figure(empty.timings[FULL_COUNT], "median"),
+        _figure(full.timings[FULL_COUNT], "median"),
+    )
+    lines.append(
+        f"for comparison, no target: Store.count_by_state (every job), median of {FULL_COUNTS}:"
+        f" {full_count[0]:.3f} ms empty, {full_count[1]:.3f} ms with {n:,}"
+    )
     lines.append("")
     lines.append("shared buffers (hit + read) by query, EXPLAIN (ANALYZE, BUFFERS):")
     detail = [
