@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from orchestrator.db.pool import Queries, Row, connect, q
-from orchestrator.models import Job
+from orchestrator.models import LIVE_STATES, Job
 
 
 class OpsStore(Queries):
@@ -114,10 +114,12 @@ class OpsStore(Queries):
 
     # -- /metrics: reads whose cost follows what is live, not the history -----------------
 
-    def live_jobs_by_state(self, states: list[str]) -> dict[str, int]:
-        """Jobs in each of ``states`` (live ones: an index range each), absent when none."""
-        rows = self._all("metrics_live_jobs", {"states": states})
-        return {r["state"]: int(r["n"]) for r in rows}
+    def live_jobs_by_state(self) -> dict[str, int]:
+        """Jobs in each of :data:`~orchestrator.models.LIVE_STATES` (an index range each over
+        live rows only), 0 when none."""
+        rows = self._all("metrics_live_jobs", {"states": [str(s) for s in LIVE_STATES]})
+        found = {r["state"]: int(r["n"]) for r in rows}
+        return {str(s): found.get(str(s), 0) for s in LIVE_STATES}
 
     def dlq_size(self) -> int:
         """Jobs in ``dead``, over the DLQ's partial index."""

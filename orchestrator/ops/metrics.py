@@ -7,8 +7,9 @@ reset on every restart). Instead the ``web`` process reads the truth when scrape
   :data:`METRICS_WINDOW_S` (a gauge over a sliding window, not a counter: graph it as is);
 * ``orchestrator_provider_latency_seconds{provider}``: a histogram of those attempts'
   ``job_attempts.duration_ms`` over the same window (so ``_count``/``_sum`` may go down);
-* ``orchestrator_jobs{state}``: jobs in each live state (:data:`LIVE_STATES`, ``dead``
-  included); settled jobs are counted by the next family, never by scanning their rows;
+* ``orchestrator_jobs{state}``: jobs in each live state
+  (:data:`~orchestrator.models.LIVE_STATES`, ``dead`` included); settled jobs are counted
+  by the next family, never by scanning their rows;
 * ``orchestrator_jobs_settled_total{kind,provider,state}``: settles ever (a counter), from
   ``job_settled_totals`` plus the ``job_settlements`` outbox not drained yet;
 * ``orchestrator_dlq_size``: jobs in ``dead`` (over the DLQ's partial index);
@@ -56,7 +57,6 @@ from orchestrator.config import Settings
 from orchestrator.db import OpsStore
 from orchestrator.errors import OrchestratorError
 from orchestrator.logs import get_logger
-from orchestrator.models import LIVE_STATES
 from orchestrator.ops.ledger import DriftKind
 from orchestrator.secrets.tokens import Token, token_reader
 
@@ -83,12 +83,12 @@ class JobsCollector(Collector):
         self.ops_store = ops_store
 
     def collect(self) -> Iterator[Metric]:
-        live = self.ops_store.live_jobs_by_state([str(s) for s in LIVE_STATES])
+        live = self.ops_store.live_jobs_by_state()
         gauge = GaugeMetricFamily(
             "orchestrator_jobs", "Jobs in each live (not settled) state", labels=["state"]
         )
-        for state in LIVE_STATES:
-            gauge.add_metric([str(state)], live.get(str(state), 0))
+        for state, n in live.items():
+            gauge.add_metric([state], n)
         yield gauge
         settled = CounterMetricFamily(
             "orchestrator_jobs_settled",

@@ -21,7 +21,6 @@ from orchestrator.db import OpsStore, Row, Store
 from orchestrator.errors import InvalidOperation, JobNotFound, ProviderUnavailable
 from orchestrator.logs import get_logger
 from orchestrator.models import (
-    LIVE_STATES,
     Attempt,
     AttemptOutcome,
     DeadReason,
@@ -80,9 +79,10 @@ class JobDetail:
 @dataclass(frozen=True, slots=True)
 class JobCounts:
     """What the dashboard and ``/ops/api/counts`` show, read at a cost that follows the live
-    jobs and never the history: ``live`` counts the jobs in each of :data:`LIVE_STATES` (dead
-    included: the DLQ); ``settled`` the settles ever into each terminal state (a replayed job
-    that settles again counts again), as ``orchestrator_jobs_settled_total`` reports them."""
+    jobs and never the history: ``live`` counts the jobs in each of
+    :data:`~orchestrator.models.LIVE_STATES` (dead included: the DLQ); ``settled`` the settles
+    ever into each terminal state (a replayed job that settles again counts again), as
+    ``orchestrator_jobs_settled_total`` reports them."""
 
     live: dict[str, int]
     settled: dict[str, int]
@@ -166,11 +166,11 @@ class Operations:
         return JobDetail(job, self.store.attempts(job.id), self.store.transitions(job.id), actions)
 
     def counts(self) -> JobCounts:
-        live = self.ops_store.live_jobs_by_state([str(s) for s in LIVE_STATES])
+        live = self.ops_store.live_jobs_by_state()
         settled = dict.fromkeys((str(s) for s in JobState if s.is_terminal), 0)
         for r in self.ops_store.settled_totals():
             settled[r["state"]] = settled.get(r["state"], 0) + int(r["n"])
-        return JobCounts({str(s): live.get(str(s), 0) for s in LIVE_STATES}, settled)
+        return JobCounts(live, settled)
 
     def attempts_per_minute(self, window_s: float) -> list[dict[str, Any]]:
         rows = self.ops_store.attempts_per_minute(window_s)

@@ -52,7 +52,7 @@ from orchestrator.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE
 from orchestrator.db.bench import Writes, writes
 from orchestrator.dev.benchmarks import support
 from orchestrator.dev.benchmarks.support import BenchError, WorkerShape, World
-from orchestrator.models import LIVE_STATES, JobState
+from orchestrator.models import JobState
 
 DEFAULT_JOBS = 1_000_000
 QUICK_JOBS = 20_000
@@ -185,11 +185,10 @@ def _orchestrator(world: World, jobs: int, shape: WorkerShape, log_dir: Path) ->
         "ORCHESTRATOR_RATE_LIMITS": "",
         "STRIPE_API_KEY": support.BENCH_STRIPE_KEY,
     }
-    states = [str(s) for s in LIVE_STATES]
     with Orchestrator(settings) as orch, contextlib.closing(orch.broker):
 
         def live() -> int:
-            return sum(orch.ops_store.live_jobs_by_state(states).values())
+            return sum(orch.ops_store.live_jobs_by_state().values())
 
         boot_s, drain_s, drained = _drain(
             Variant.ORCHESTRATOR, world, env, shape, log_dir, messages, jobs, driver_id, live
