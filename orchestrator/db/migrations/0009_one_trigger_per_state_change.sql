@@ -11,9 +11,9 @@
 -- does to its charge. That last part writes another row of jobs from a BEFORE trigger: the
 -- row being updated is already locked (a concurrent change made the statement re-check it
 -- first), and anything refused later in the statement rolls it back with the rest. One
--- statement cannot both settle such a job and change its charge's state (PostgreSQL refuses to
--- update a row a trigger of the same statement changed first); each state change that settles
--- is one job per statement (queries/jobs.sql, ops.sql, webhooks.sql).
+-- statement must not both settle such a job and update its charge: PostgreSQL refuses to
+-- update a row that a trigger fired by the same statement changed first. Every statement that
+-- settles a job names that one job (queries/jobs.sql, ops.sql, webhooks.sql).
 CREATE OR REPLACE FUNCTION jobs_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
