@@ -44,6 +44,11 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
         assert result.rate > 0
         assert result.total_s >= result.enqueue_s > 0
         assert len(result.enqueue_ms) == result.jobs
+        # Where the CPU went, from /proc (in clock ticks of 10 ms: a small drain may read 0).
+        assert {"driver", "workers", "simulator"} <= set(result.cpu_ms), result.cpu_ms
+    orch = report.result(charges.Variant.ORCHESTRATOR, 0.0)
+    assert orch.cpu_ms["workers"] > 0 and orch.cpu_ms["postgresql"] > 0, orch.cpu_ms
+    assert orch.busy_cores > 0
     with psycopg.connect(TEST_DATABASE_URL) as conn:
         left = conn.execute(
             "SELECT count(*) FROM pg_database WHERE datname = %s",
@@ -54,6 +59,8 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     assert "orchestrator/naive" in text
     assert "orchestrator/noop" in text
     assert "orch.charge() p99" in text
+    assert "CPU per job (ms) over each drain" in text
+    assert "0 ms: naive/orchestrator CPU per job" in text
     summary = charges.render_summary([report, report])
     assert summary.startswith("== over 2 runs")
     ratio = (
@@ -61,6 +68,8 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
         / report.result(charges.Variant.NAIVE, 0.0).rate
     )
     assert f"0 ms: orchestrator/naive {ratio:.2f} ({ratio:.2f}-{ratio:.2f})" in summary
+    total = f"{orch.cpu_total_ms:.2f}"
+    assert f"CPU per job at 0 ms: orchestrator {total} ({total}-{total}) ms" in summary
 
 
 def test_history_benchmark_reports_every_operation(

@@ -14,20 +14,26 @@ every 50 ms) shows all N finished:
 
 Finished baselines are counted with a Redis ``INCR``. Enqueue latency is the duration of
 each ``orch.charge()`` call (and of each ``broker.enqueue()`` for the baselines).
+
+Around each drain the CPU time of every process involved is read from ``/proc``
+(:mod:`orchestrator.dev.benchmarks.cpu`) and printed per job: the driver, the workers, the
+simulator, PostgreSQL and Redis. When the machine is busy the rates follow these sums, so
+the table says which process a variant's extra CPU went to.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ from dramatiq.brokers.redis import RedisBroker
 from orchestrator.api import Orchestrator
 from orchestrator.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE
 from orchestrator.config import load_settings
-from orchestrator.dev.benchmarks import support
+from orchestrator.dev.benchmarks import cpu, support
 from orchestrator.dev.benchmarks.support import BenchError, WorkerShape
 from orchestrator.dev.simulator import SimulatorControl
 from orchestrator.models import JobState
@@ -117,11 +123,22 @@ class Result:
     enqueue_s: float  # first enqueue to last enqueue returned
     total_s: float  # first enqueue to all finished (as seen by the poll)
     enqueue_ms: tuple[float, ...]  # duration of each enqueue call
+    # CPU ms per job by process group over the drain (cpu.per_job_ms).
+    cpu_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         """Jobs per second, first enqueue to last finished."""
         return self.jobs / self.total_s
+
+    @property
+    def cpu_total_ms(self) -> float:
+        return sum(self.cpu_ms.values())
+
+    @property
+    def busy_cores(self) -> float:
+        """CPU used over the drain by every process counted, in cores."""
+        return self.cpu_total_ms * self.jobs / 1000 / self.total_s
 
     def enqueue_pct_ms(self, pct: float) -> float:
         return support.percentile(self.enqueue_ms, pct)
@@ -174,9 +191,18 @@ def measure(config: Config) -> Report:
         with (
             tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp,
             support.fresh_database(config.server_url) as database_url,
-            support.simulator_process(Path(tmp)) as (simulator_url, control),
+            support.simulator_process(Path(tmp)) as (simulator_url, control, simulator),
         ):
-            env = _Env(config, database_url, simulator_url, control, client, Path(tmp), tag)
+            env = _Env(
+                config,
+                database_url,
+                simulator_url,
+                simulator.popen.pid,
+                control,
+                client,
+                Path(tmp),
+                tag,
+            )
             machine = support.machine_summary(database_url, client)
             results = [r for variant in Variant for r in _measure_variant(env, variant)]
     finally:
@@ -192,6 +218,7 @@ class _Env:
     config: Config
     database_url: str
     simulator_url: str
+    simulator_pid: int
     control: SimulatorControl
     redis: redis.Redis
     log_dir: Path
@@ -224,12 +251,15 @@ def _measure_variant(env: _Env, variant: Variant) -> list[Result]:
                 warm_up = Scenario(0.0, shape.processes * shape.threads)
                 _prepare_simulator(env.control, warm_up)
                 _drain(variant, warm_up, driver, f"{env.tag}-warmup", env.config.producers)
+                trees = {"workers": proc.popen.pid, "simulator": env.simulator_pid}
                 results = []
                 for scenario in env.config.scenarios:
                     _prepare_simulator(env.control, scenario)
                     key_prefix = f"{env.tag}-{scenario.latency_ms:g}ms"
+                    before = cpu.snapshot(trees)
                     result = _drain(variant, scenario, driver, key_prefix, env.config.producers)
-                    results.append(result)
+                    used = cpu.per_job_ms(before, cpu.snapshot(trees), scenario.charges)
+                    results.append(replace(result, cpu_ms=used))
                 return results
     finally:
         support.flush_namespace(env.redis, namespace)
@@ -422,7 +452,42 @@ def render(report: Report) -> str:
     ]
     lines = [report.machine, support.render_table(headers, rows, left=2), ""]
     lines.extend(_ratio_lines(report))
+    lines.extend(["", *_cpu_lines(report)])
     return "\n".join(lines)
+
+
+def _cpu_lines(report: Report) -> list[str]:
+    """CPU per job by process group, and the share of the naive's that each variant's rate
+    would be held to if the machine were CPU-bound (naive CPU per job / its own)."""
+    results = sorted(report.results, key=lambda r: (r.latency_ms, list(Variant).index(r.variant)))
+    groups = [g for g in cpu.ORDER if any(g in r.cpu_ms for r in results)]
+    headers = ["latency", "variant", *groups, "total", "busy cores"]
+    rows = [
+        [
+            f"{r.latency_ms:g} ms",
+            str(r.variant),
+            *(f"{r.cpu_ms.get(g, 0.0):.2f}" for g in groups),
+            f"{r.cpu_total_ms:.2f}",
+            f"{r.busy_cores:.2f}",
+        ]
+        for r in results
+    ]
+    lines = [
+        "CPU per job (ms) over each drain, from /proc; postgresql and redis: local servers, "
+        "all their work",
+        support.render_table(headers, rows, left=2),
+    ]
+    for scenario in report.config.scenarios:
+        orch = report.result(Variant.ORCHESTRATOR, scenario.latency_ms)
+        naive = report.result(Variant.NAIVE, scenario.latency_ms)
+        if orch.cpu_total_ms > 0:
+            lines.append(
+                f"{scenario.latency_ms:g} ms: naive/orchestrator CPU per job "
+                f"{naive.cpu_total_ms / orch.cpu_total_ms:.2f} (the rate ratio's ceiling when "
+                f"every core is busy); orchestrator busy {orch.busy_cores:.2f} of "
+                f"{os.cpu_count()} cores"
+            )
+    return lines
 
 
 def _ratio_lines(report: Report) -> list[str]:
@@ -471,6 +536,18 @@ def render_summary(reports: Sequence[Report]) -> str:
             f"orch.charge() p99 at {scenario.latency_ms:g} ms: {_spread(p99s, '.2f')} ms  "
             f"(target <= {TARGET_ENQUEUE_P99_MS:g} ms)"
         )
+    for scenario in first.config.scenarios:
+        orchs = [r.result(Variant.ORCHESTRATOR, scenario.latency_ms) for r in reports]
+        naives = [r.result(Variant.NAIVE, scenario.latency_ms) for r in reports]
+        if all(o.cpu_total_ms > 0 for o in orchs):
+            shares = [n.cpu_total_ms / o.cpu_total_ms for n, o in zip(naives, orchs, strict=True)]
+            lines.append(
+                f"CPU per job at {scenario.latency_ms:g} ms: orchestrator "
+                f"{_spread([o.cpu_total_ms for o in orchs], '.2f')} ms (postgresql "
+                f"{_spread([o.cpu_ms.get(cpu.POSTGRESQL, 0.0) for o in orchs], '.2f')}), naive "
+                f"{_spread([n.cpu_total_ms for n in naives], '.2f')} ms; naive/orchestrator "
+                f"{_spread(shares, '.2f')}"
+            )
     return "\n".join(lines)
 
 

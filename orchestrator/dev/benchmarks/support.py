@@ -139,8 +139,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def simulator_process(log_dir: Path) -> Iterator[tuple[str, SimulatorControl]]:
-    """``orchestrator simulator`` in its own process (it must not share the driver's GIL)."""
+def simulator_process(log_dir: Path) -> Iterator[tuple[str, SimulatorControl, Process]]:
+    """``orchestrator simulator`` in its own process (it must not share the driver's GIL):
+    its URL, a control client and the process."""
     port = free_port()
     env = {**os.environ, "STRIPE_API_KEY": BENCH_STRIPE_KEY}
     argv = [sys.executable, "-m", "orchestrator", "simulator", "--port", str(port)]
@@ -149,7 +150,7 @@ def simulator_process(log_dir: Path) -> Iterator[tuple[str, SimulatorControl]]:
     with _process(argv, env, log_dir / "simulator.log", "simulator") as proc:
         _wait_until(control.health, SIMULATOR_START_TIMEOUT_S, proc)
         try:
-            yield url, control
+            yield url, control, proc
         finally:
             control.close()
 
