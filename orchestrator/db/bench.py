@@ -90,14 +90,15 @@ WITH src AS (
 ), attempts AS (
     INSERT INTO job_attempts (job_id, attempt, key_generation, provider_key, worker, outcome,
                               error_class, error_code, http_status, provider_ref, duration_ms,
-                              started_at, finished_at)
+                              started_at, finished_at, provider)
     SELECT id, 1, 0, id::text || ':0', 'worker:history',
            (CASE state WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'permanent'
                        ELSE 'ambiguous' END)::attempt_outcome,
            CASE state WHEN 'failed' THEN 'CardError' WHEN 'dead' THEN 'APIError' END,
            last_error_code,
            CASE state WHEN 'succeeded' THEN 200 WHEN 'failed' THEN 402 ELSE 500 END,
-           provider_ref, 350, created_at + interval '100 ms', created_at + interval '450 ms'
+           provider_ref, 350, created_at + interval '100 ms', created_at + interval '450 ms',
+           'stripe'
     FROM ins
     WHERE state <> 'cancelled'
       AND created_at > now() - make_interval(days => %(retention_days)s)
@@ -119,8 +120,8 @@ WITH dead AS (
     RETURNING id
 )
 INSERT INTO job_attempts (job_id, attempt, key_generation, worker, outcome, error_code,
-                          http_status, duration_ms, started_at)
-SELECT id, 1, 0, 'worker:bench', 'ambiguous', 'api_error', 500, 420, now()
+                          http_status, duration_ms, started_at, provider)
+SELECT id, 1, 0, 'worker:bench', 'ambiguous', 'api_error', 500, 420, now(), 'stripe'
 FROM dead
 """
 

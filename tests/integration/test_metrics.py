@@ -155,6 +155,39 @@ def test_live_gauge_and_settled_counter(server: str, orch: Any) -> None:
     } == expected
 
 
+def test_attempts_are_counted_at_the_provider_they_called(server: str, orch: Any) -> None:
+    """A charge that failed over has attempts at two providers: each attempt is labelled with
+    the provider it called, not the job's current one. An attempt recorded before migration
+    0006 (no provider of its own) takes its job's."""
+    job = orch.charge(700, "usd", None, "pm_card_visa", "attempts-by-provider")
+    assert orch.executor().run(job.id) is JobState.SUCCEEDED
+    _seed(orch, "dead", "attempts-old-row")
+    _sql(
+        orch,
+        """
+        INSERT INTO job_attempts (job_id, attempt, key_generation, worker, outcome,
+                                  duration_ms, started_at, provider)
+        SELECT id, 2, 0, 'w1', 'not_executed'::attempt_outcome, 30, now(), 'razorpay' FROM jobs
+        WHERE idempotency_key = 'attempts-by-provider'
+        UNION ALL
+        SELECT id, 1, 0, 'w1', 'ambiguous'::attempt_outcome, 70, now(), NULL FROM jobs
+        WHERE idempotency_key = 'attempts-old-row'
+        """,
+    )
+    text = requests.get(server + "/metrics", timeout=5).text
+    outcomes = {
+        (dict(k)["provider"], dict(k)["outcome"]): v
+        for k, v in _samples(text, "orchestrator_attempts_recent").items()
+    }
+    assert outcomes == {
+        ("stripe", "succeeded"): 1.0,
+        ("razorpay", "not_executed"): 1.0,
+        ("stripe", "ambiguous"): 1.0,
+    }
+    assert 'orchestrator_provider_latency_seconds_count{provider="razorpay"} 1.0' in text
+    assert 'orchestrator_provider_latency_seconds_count{provider="stripe"} 2.0' in text
+
+
 def test_a_scrape_never_counts_every_job(
     server: str, orch: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
