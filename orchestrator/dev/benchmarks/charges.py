@@ -251,7 +251,7 @@ def _measure_variant(env: _Env, variant: Variant) -> list[Result]:
                 warm_up = Scenario(0.0, shape.processes * shape.threads)
                 _prepare_simulator(env.control, warm_up)
                 _drain(variant, warm_up, driver, f"{env.tag}-warmup", env.config.producers)
-                trees = {"workers": proc.popen.pid, "simulator": env.simulator_pid}
+                trees = {cpu.WORKERS: proc.popen.pid, cpu.SIMULATOR: env.simulator_pid}
                 results = []
                 for scenario in env.config.scenarios:
                     _prepare_simulator(env.control, scenario)

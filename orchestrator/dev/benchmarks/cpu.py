@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DRIVER = "driver"
+WORKERS = "workers"
+SIMULATOR = "simulator"
 POSTGRESQL = "postgresql"
 REDIS = "redis"
 # Servers found by process name (/proc/PID/comm), and whether reaped children count.
 _SERVERS = {"postgres": POSTGRESQL, "redis-server": REDIS}
-# The order the columns are printed in; a benchmark's own trees go between.
-ORDER = (DRIVER, "workers", "simulator", POSTGRESQL, REDIS)
+# The order the columns are printed in.
+ORDER = (DRIVER, WORKERS, SIMULATOR, POSTGRESQL, REDIS)
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
