@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,12 +51,17 @@ class Proc:
             self.popen.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM to the process alone, as a process manager sends it (a dramatiq main process
+        forwards it to its workers: a worker that also got the group's SIGTERM would take the
+        second one as "kill now" and skip its shutdown hooks); then SIGKILL to what is left of
+        the group, at once, or to all of it after 15 s."""
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -68,17 +68,21 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: float) -> None:
-    """Signal the child's process group, wait, then SIGKILL the group."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    """Signal the child (the leader of its own session), wait, then SIGKILL what is left of
+    its process group: everything after ``timeout_s``, stragglers at once.
+
+    The signal goes to the child alone, as ``kill PID`` would, not to its whole group: a
+    dramatiq main process forwards it to its worker processes, and a worker process that gets
+    a second SIGTERM while it stops (the group's, then the forwarded one) exits at once,
+    without its shutdown hooks (dramatiq's ``cli.worker_process``)."""
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout_s)
+            os.kill(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout_s)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
