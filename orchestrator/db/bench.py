@@ -278,3 +278,61 @@ def writes(url: str) -> Writes:
     wal = int(wal_row[0]) if wal_row else 0
     tables = {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
     return Writes(wal, tables)
+
+
+# -- the durability floor (scripts/bench --only floor) ----------------------------------------
+
+# A job's three commits and nothing else: a bare row whose key is unique, inserted with the
+# WAL flush, then claimed and settled by primary key with asynchronous commits, as the
+# orchestrator commits a keyed provider's claim and settle. No trigger, history or other index.
+_FLOOR_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_floor_jobs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    idempotency_key text NOT NULL UNIQUE,
+    state           text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    lease_owner     text
+)
+"""
+_FLOOR_INSERT = """
+INSERT INTO bench_floor_jobs (idempotency_key, state) VALUES (%s, 'pending') RETURNING id
+"""
+_FLOOR_CLAIM = """
+UPDATE bench_floor_jobs SET state = 'running', attempts = attempts + 1, lease_owner = %s
+WHERE id = %s AND state = 'pending'
+  AND set_config('synchronous_commit', 'off', true) = 'off'
+RETURNING id
+"""
+_FLOOR_SETTLE = """
+UPDATE bench_floor_jobs SET state = 'succeeded', lease_owner = NULL
+WHERE id = %s AND state = 'running' AND lease_owner = %s
+  AND set_config('synchronous_commit', 'off', true) = 'off'
+RETURNING id
+"""
+
+
+class FloorJobs:
+    """The floor's jobs, one after another on one autocommit connection (its own table)."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute(_FLOOR_TABLE)
+
+    def run(self, key: str, owner: str) -> None:
+        """Insert, claim and settle one job: three statements, three commits."""
+        inserted = self._conn.execute(_FLOOR_INSERT, (key,), prepare=True).fetchone()
+        if inserted is None:
+            raise RuntimeError(f"the floor's insert of {key} returned nothing")
+        job_id = inserted[0]
+        claimed = self._conn.execute(_FLOOR_CLAIM, (owner, job_id), prepare=True).fetchone()
+        settled = self._conn.execute(_FLOOR_SETTLE, (job_id, owner), prepare=True).fetchone()
+        if claimed is None or settled is None:
+            raise RuntimeError(f"the floor's job {job_id} was not claimed and settled")
+
+    def wal_bytes(self) -> int:
+        """The WAL position so far, in bytes."""
+        row = self._conn.execute(_WAL_POSITION).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self._conn.close()

@@ -167,3 +167,53 @@ def test_burndown_benchmark_reports_both_rates_and_the_ratio(
             (f"orchestrator_bench_burndown_{os.getpid()}",),
         ).fetchone()
     assert left == (0,), "the bench database is dropped at the end"
+
+
+def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two rounds of 40 jobs per variant: every orchestrator job succeeds (the round raises
+    otherwise) and every floor job is claimed and settled; the rounds alternate which variant
+    goes first; the orchestrator writes more WAL per job than three bare commits (its row's
+    indexes, three transitions, the attempt, the settlement); the report prints the medians
+    and their ratios, and the throwaway database is gone afterwards."""
+    from orchestrator.dev.benchmarks import floor
+
+    args = build_parser().parse_args(
+        [
+            "--only",
+            "floor",
+            "--charges",
+            "40",
+            "--repeat",
+            "2",
+            "--database-url",
+            TEST_DATABASE_URL,
+            "--redis-url",
+            TEST_REDIS_URL,
+        ]
+    )
+    floor.run(args)
+    out = capsys.readouterr().out
+
+    assert out.startswith("== durability floor: one thread, 40 jobs per round, 2 round(s)")
+    variants = {str(v) for v in floor.Variant}
+    rows = [line.split() for line in out.splitlines()]
+    rounds = [r for r in rows if len(r) == 7 and r[0].isdigit() and r[1] in variants]
+    assert [(r[0], r[1], r[2]) for r in rounds] == [
+        ("1", "floor", "40"),
+        ("1", "orchestrator", "40"),
+        ("2", "orchestrator", "40"),
+        ("2", "floor", "40"),
+    ]
+    wal = {(r[0], r[1]): int(r[6]) for r in rounds}
+    for round_ in ("1", "2"):
+        assert 0 < wal[(round_, "floor")] < wal[(round_, "orchestrator")], wal
+    for label in ("postgresql CPU", "client CPU", "WAL", "wall"):
+        assert f"{label} per job, medians: orchestrator " in out, label
+    with psycopg.connect(TEST_DATABASE_URL) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s",
+            (f"orchestrator_bench_floor_{os.getpid()}",),
+        ).fetchone()
+    assert left == (0,), "the bench database is dropped at the end"

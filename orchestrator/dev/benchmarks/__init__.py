@@ -12,6 +12,7 @@ MODULES: tuple[str, ...] = (
     "orchestrator.dev.benchmarks.bulk",
     "orchestrator.dev.benchmarks.history",
     "orchestrator.dev.benchmarks.burndown",
+    "orchestrator.dev.benchmarks.floor",
 )
 
 __all__ = ["MODULES"]

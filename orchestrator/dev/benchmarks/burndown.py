@@ -80,8 +80,6 @@ VARIANT_ENV = "BENCH_BURNDOWN_VARIANT"
 NAMESPACE_ENV = "BENCH_REDIS_NAMESPACE"
 BARE_QUEUE = "burndown"
 BARE_ACTOR = "bench_burndown_noop"
-# The no-op provider answers for the charges' provider (the settings' default route).
-NOOP_PROVIDER = "stripe"
 
 AMOUNT_MINOR_UNITS = 1000
 CURRENCY = "usd"

@@ -5,11 +5,11 @@
 
 * ``orchestrator``: the production actors (``actors``) from the environment, as
   ``orchestrator worker`` runs them, except that the process's executor is built with
-  :class:`NoopProvider` in place of Stripe. ``Orchestrator.executor(providers=...)`` keeps the
-  executor it builds for the process, and the actors ask for that one, so claim, settle,
-  triggers, commits and the broker are the real ones; only the HTTP call is gone. Nothing of
-  this reaches any other process: the switch is this module, imported by the benchmark's
-  workers alone.
+  :class:`~orchestrator.dev.benchmarks.noop_provider.NoopProvider` in place of Stripe.
+  ``Orchestrator.executor(providers=...)`` keeps the executor it builds for the process, and
+  the actors ask for that one, so claim, settle, triggers, commits and the broker are the
+  real ones; only the HTTP call is gone. Nothing of this reaches any other process: the
+  switch is this module, imported by the benchmark's workers alone.
 * ``dramatiq``: one actor that does nothing, on a plain RedisBroker with the orchestrator's
   broker options (``BENCH_REDIS_NAMESPACE``, ``REDIS_URL``): the floor set by dramatiq and
   Redis. It counts nothing either; the driver reads progress from the queue's message hash,
@@ -29,38 +29,10 @@ from orchestrator.dev.benchmarks.burndown import (
     BARE_ACTOR,
     BARE_QUEUE,
     NAMESPACE_ENV,
-    NOOP_PROVIDER,
     VARIANT_ENV,
     Variant,
 )
-from orchestrator.models import AttemptOutcome, Job
-from orchestrator.providers.base import Outcome
-
-
-class NoopProvider:
-    """A provider that answers every call at once with a success and a reference, as Stripe
-    would for a confirmed PaymentIntent: the settle writes what a real success writes."""
-
-    name = NOOP_PROVIDER
-    # Like Stripe: claims commit asynchronously and an ambiguous outcome would be retried.
-    honours_idempotency_keys = True
-
-    def execute(self, job: Job, idempotency_key: str) -> Outcome:
-        return self._succeeded(job)
-
-    def lookup(self, job: Job) -> Outcome | None:
-        return self._succeeded(job)
-
-    def lookup_is_consistent(self, job: Job) -> bool:
-        return True
-
-    @staticmethod
-    def _succeeded(job: Job) -> Outcome:
-        return Outcome(
-            AttemptOutcome.SUCCEEDED,
-            provider_ref=f"noop_{job.id}",
-            provider_status="succeeded",
-        )
+from orchestrator.dev.benchmarks.noop_provider import NOOP_PROVIDER, NoopProvider
 
 
 def noop() -> None:
