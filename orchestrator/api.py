@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,26 @@ from orchestrator.models import Attempt, Job, JobKind, JobState, Transition
 from orchestrator.providers.base import Provider
 
 log = get_logger(__name__)
+
+
+# Whether this context's last accepted request made its job (True) or found the job its key
+# already named (False). The HTTP API answers 201 or 200 by it (created_by).
+_CREATED: ContextVar[bool | None] = ContextVar("orchestrator_created", default=None)
+
+
+def created_by(call: Callable[[], Job]) -> tuple[Job, bool]:
+    """``call()`` (one request to an :class:`Orchestrator`: a charge, refund, capture,
+    email...) and whether it made the job it returns. The insert itself answers, so of two
+    simultaneous first requests under one key exactly one made the job."""
+    token = _CREATED.set(None)
+    try:
+        job = call()
+        created = _CREATED.get()
+    finally:
+        _CREATED.reset(token)
+    if created is None:
+        raise RuntimeError("the call accepted no request")
+    return job, created
 
 
 class Orchestrator:
@@ -279,9 +300,11 @@ class Orchestrator:
                 job, created = work(conn)
                 if created:
                     self.store.notify_dispatch(conn, job.id)
+            _CREATED.set(created)
             return job
         with self.store.connection() as own:
             job, created = work(own)
+        _CREATED.set(created)
         if created:
             self._dispatch_new(job)
         return job
@@ -375,10 +398,12 @@ class Orchestrator:
             job, created = self._insert_or_get(conn, row)
             if created:
                 self.store.notify_dispatch(conn, job.id)
+            _CREATED.set(created)
             return job
         # Insert-or-get needs no transaction: the insert commits alone, and the fallback read
         # sees the committed row that won the key (one round trip for a new job).
         job, created = self.store.retrying(lambda own: self._insert_or_get(own, row))
+        _CREATED.set(created)
         if created:
             self._dispatch_new(job)
         return job

@@ -16,8 +16,8 @@ configured: every request is refused (401), never let through.
 Idempotency: the ``Idempotency-Key`` header is the job's idempotency key, exactly as the Python
 API's ``idempotency_key`` argument, so an HTTP request and a Python call with the same key and
 the same fields are the same job. The same key and body again answer 200 with that job (201 the
-first time: two simultaneous first requests may both see 201, naming the same job); the same key
-with another body is a 409.
+request that made it: of simultaneous first requests, exactly one); the same key with another
+body is a 409.
 
 Cancel is ``Orchestrator.cancel``: the job, cancelled, or for an uncaptured authorization its
 ``void`` job (the same one while it is live). It needs the header too, but its idempotency comes
@@ -47,6 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from orchestrator import validation as v
+from orchestrator.api import created_by
 from orchestrator.app import openapi as doc
 from orchestrator.errors import (
     ConfigError,
@@ -259,13 +260,6 @@ def checked_fields(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, An
 # -- the calls -----------------------------------------------------------------------------
 
 
-def _created_by(orch: Orchestrator, key: str, call: Callable[[], Job]) -> tuple[Job, bool]:
-    """Run ``call`` (an enqueue under ``key``); True when the key named no job before it."""
-    before = orch.store.retrying(lambda conn: orch.store.job_by_key(conn, key))
-    job = call()
-    return job, before is None
-
-
 def _charge(orch: Orchestrator, key: str, fields: dict[str, Any]) -> Job:
     args = dict(fields)
     return orch.charge(
@@ -352,7 +346,7 @@ class AppApi:
             key = idempotency_key(request)
             fields = checked_fields(schema, await json_object(request))
             call = functools.partial(create, self.orch, key, fields)
-            job, created = await run_in_threadpool(_created_by, self.orch, key, call)
+            job, created = await run_in_threadpool(created_by, call)
             log.info("api.accepted", kind=kind, job_id=job.id, created=created)
             return _job_response(job, 201 if created else 200)
 

@@ -4,8 +4,10 @@ body caps, one charge run end to end, and schemathesis over its OpenAPI document
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -130,6 +132,32 @@ def test_same_key_same_body_is_the_same_job_other_body_conflicts(server: str, or
     too_long = post(server, "/charges", CHARGE, "k" * 256)
     assert too_long.status_code == 400 and "255" in too_long.json()["error"]
     assert count_jobs(orch) == 1
+
+
+def test_of_simultaneous_first_requests_exactly_one_is_201(server: str, orch: Any) -> None:
+    """Eight requests with one key and body, released together, for a charge and for a refund:
+    all name the same job and exactly one answers 201 (the insert that made it says so; a
+    read of the key before the call let several see no job and answer 201)."""
+    charge = orch.charge(4000, "usd", "cus_R", "pm_card_visa", "simultaneous-refunded")
+    assert orch.executor().run(charge.id) is JobState.SUCCEEDED
+    requests_by_path = {
+        "/charges": CHARGE,
+        "/refunds": {"charge_job_id": charge.id, "amount": 100},
+    }
+    for round_ in range(3):
+        for path, body in requests_by_path.items():
+            key = f"simultaneous-{path.strip('/')}-{round_}"
+            gate = threading.Barrier(8)
+
+            def send(body: dict[str, Any] = body, key: str = key, gate: Any = gate) -> Any:
+                gate.wait()
+                return post(server, path, body, key)
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: send(), range(8)))
+            statuses = sorted(a.status_code for a in answers)
+            assert statuses == [200] * 7 + [201], (path, [a.text for a in answers])
+            assert len({a.json()["id"] for a in answers}) == 1, path
 
 
 @pytest.mark.parametrize(
