@@ -49,12 +49,7 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     orch = report.result(charges.Variant.ORCHESTRATOR, 0.0)
     assert orch.cpu_ms["workers"] > 0 and orch.cpu_ms["postgresql"] > 0, orch.cpu_ms
     assert orch.busy_cores > 0
-    with psycopg.connect(TEST_DATABASE_URL) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = %s",
-            (f"orchestrator_bench_{os.getpid()}",),
-        ).fetchone()
-    assert left == (0,), "the bench database is dropped at the end"
+    assert_dropped(f"orchestrator_bench_{os.getpid()}")
     text = charges.render(report)
     assert "orchestrator/naive" in text
     assert "orchestrator/noop" in text
@@ -115,12 +110,7 @@ def test_history_benchmark_reports_every_operation(
     for table in ("jobs", "job_transitions", "job_attempts"):
         assert any(line.startswith(f"{table} ") for line in out.splitlines()), table
     assert "target: every operation within 1.20x" in out
-    with psycopg.connect(TEST_DATABASE_URL) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = %s",
-            (f"orchestrator_bench_history_{os.getpid()}",),
-        ).fetchone()
-    assert left == (0,), "the bench database is dropped at the end"
+    assert_dropped(f"orchestrator_bench_history_{os.getpid()}")
 
 
 def test_burndown_benchmark_reports_both_rates_and_the_ratio(
@@ -161,12 +151,7 @@ def test_burndown_benchmark_reports_both_rates_and_the_ratio(
     assert "orchestrator/dramatiq: " in out
     assert "insert: charge_many" in out
     assert "PostgreSQL, drain: 6.0 rows/job" in out, "claim + settle: two updates, four inserts"
-    with psycopg.connect(TEST_DATABASE_URL) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = %s",
-            (f"orchestrator_bench_burndown_{os.getpid()}",),
-        ).fetchone()
-    assert left == (0,), "the bench database is dropped at the end"
+    assert_dropped(f"orchestrator_bench_burndown_{os.getpid()}")
 
 
 def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
@@ -211,9 +196,13 @@ def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
         assert 0 < wal[(round_, "floor")] < wal[(round_, "orchestrator")], wal
     for label in ("postgresql CPU", "client CPU", "WAL", "wall"):
         assert f"{label} per job, medians: orchestrator " in out, label
+    assert_dropped(f"orchestrator_bench_floor_{os.getpid()}")
+
+
+def assert_dropped(database: str) -> None:
+    """The benchmark dropped its throwaway database at the end."""
     with psycopg.connect(TEST_DATABASE_URL) as conn:
         left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = %s",
-            (f"orchestrator_bench_floor_{os.getpid()}",),
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
-    assert left == (0,), "the bench database is dropped at the end"
+    assert left == (0,), f"the bench database {database} is dropped at the end"
