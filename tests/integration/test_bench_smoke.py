@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import psycopg
@@ -18,20 +19,7 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     """30 charges (15 at 50 ms) with 1 worker process x 2 threads: every variant finishes
     every job at both latencies, the report prints a positive rate and both ratios, and the
     throwaway database is gone afterwards."""
-    args = build_parser().parse_args(
-        [
-            "--charges",
-            str(SMOKE_CHARGES),
-            "--processes",
-            "1",
-            "--threads",
-            "2",
-            "--database-url",
-            TEST_DATABASE_URL,
-            "--redis-url",
-            TEST_REDIS_URL,
-        ]
-    )
+    args = bench_args("--charges", str(SMOKE_CHARGES), "--processes", "1", "--threads", "2")
     report = charges.measure(charges.config_from_args(args))
 
     expected = {
@@ -77,18 +65,7 @@ def test_history_benchmark_reports_every_operation(
 
     for name, value in (("ENQUEUE_CALLS", 50), ("CLAIMS", 50), ("WARMUP_CALLS", 10)):
         monkeypatch.setattr(history, name, value)
-    args = build_parser().parse_args(
-        [
-            "--only",
-            "history",
-            "--charges",
-            "20000",
-            "--database-url",
-            TEST_DATABASE_URL,
-            "--redis-url",
-            TEST_REDIS_URL,
-        ]
-    )
+    args = bench_args("--only", "history", "--charges", "20000")
     history.run(args)
     out = capsys.readouterr().out
     assert "the present beside 20,000 finished jobs" in out
@@ -122,22 +99,7 @@ def test_burndown_benchmark_reports_both_rates_and_the_ratio(
     throwaway database is gone afterwards."""
     from orchestrator.dev.benchmarks import burndown
 
-    args = build_parser().parse_args(
-        [
-            "--only",
-            "burndown",
-            "--jobs",
-            "300",
-            "--processes",
-            "1",
-            "--threads",
-            "2",
-            "--database-url",
-            TEST_DATABASE_URL,
-            "--redis-url",
-            TEST_REDIS_URL,
-        ]
-    )
+    args = bench_args("--only", "burndown", "--jobs", "300", "--processes", "1", "--threads", "2")
     burndown.run(args)
     out = capsys.readouterr().out
 
@@ -164,20 +126,7 @@ def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
     and their ratios, and the throwaway database is gone afterwards."""
     from orchestrator.dev.benchmarks import floor
 
-    args = build_parser().parse_args(
-        [
-            "--only",
-            "floor",
-            "--charges",
-            "40",
-            "--repeat",
-            "2",
-            "--database-url",
-            TEST_DATABASE_URL,
-            "--redis-url",
-            TEST_REDIS_URL,
-        ]
-    )
+    args = bench_args("--only", "floor", "--charges", "40", "--repeat", "2")
     floor.run(args)
     out = capsys.readouterr().out
 
@@ -206,3 +155,9 @@ def assert_dropped(database: str) -> None:
             "SELECT count(*) FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
     assert left == (0,), f"the bench database {database} is dropped at the end"
+
+
+def bench_args(*options: str) -> argparse.Namespace:
+    """``scripts/bench`` options, against the tests' PostgreSQL and Redis."""
+    urls = ["--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL]
+    return build_parser().parse_args([*options, *urls])
