@@ -1,7 +1,7 @@
-"""SQL of the benchmarks themselves (``scripts/bench --only history``): a bulk load of
-synthetic finished jobs, table sizes, and the shared buffers a named query touches (EXPLAIN).
-Kept here because only ``orchestrator/db/`` executes SQL; the queries the benchmarks measure
-are the orchestrator's own, by name."""
+"""SQL of the benchmarks themselves: a bulk load of synthetic finished jobs, table sizes and
+the shared buffers a named query touches (EXPLAIN) for ``history``; what PostgreSQL wrote for
+``burndown``; the bare jobs of ``floor``. Kept here because only ``orchestrator/db/``
+executes SQL; the queries the benchmarks measure are the orchestrator's own, by name."""
 
 from __future__ import annotations
 
