@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import Any, Protocol
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
@@ -81,7 +81,15 @@ def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     return scrubbed
 
 
-def _use_json(fmt: str, stream: IO[str]) -> bool:
+class Stream(Protocol):
+    """Where log lines go: stderr, a file, anything a ``logging.StreamHandler`` writes to."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
+def _use_json(fmt: str, stream: Stream) -> bool:
     if fmt == "json":
         return True
     if fmt == "console":
@@ -97,7 +105,7 @@ _SHARED: list[Processor] = [
 ]
 
 
-def make_handler(stream: IO[str], fmt: str = "auto") -> logging.Handler:
+def make_handler(stream: Stream, fmt: str = "auto") -> logging.Handler:
     """A stdlib handler rendering every record (ours and libraries') through the pipeline."""
     renderer: Processor
     if _use_json(fmt, stream):
@@ -122,8 +130,9 @@ def make_handler(stream: IO[str], fmt: str = "auto") -> logging.Handler:
     return handler
 
 
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog and route stdlib logging (dramatiq, psycopg) through it."""
+def configure_logging(fmt: str = "auto", level: str = "info", stream: Stream | None = None) -> None:
+    """Configure structlog and route stdlib logging (dramatiq, psycopg) through it, to
+    ``stream`` (default stderr)."""
     structlog.configure(
         # Drop events below the level before any processor runs (they cost nothing then).
         processors=[
@@ -135,7 +144,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = make_handler(sys.stderr, fmt)
+    handler = make_handler(sys.stderr if stream is None else stream, fmt)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -116,14 +116,15 @@ def test_burndown_benchmark_reports_both_rates_and_the_ratio(
     assert_dropped(f"orchestrator_bench_burndown_{os.getpid()}")
 
 
-def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
+def test_floor_benchmark_runs_its_variants_in_alternating_rounds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Two rounds of 40 jobs per variant: every orchestrator job succeeds (the round raises
-    otherwise) and every floor job is claimed and settled; the rounds alternate which variant
-    goes first; the orchestrator writes more WAL per job than three bare commits (its row's
-    indexes, three transitions, the attempt, the settlement); the report prints the medians
-    and their ratios, and the throwaway database is gone afterwards."""
+    otherwise) and every floor job is claimed and settled; the rounds alternate the order of
+    the variants; the orchestrator writes more WAL per job than three bare commits (its row's
+    indexes, three transitions, the attempt, the settlement); logging at info renders a job's
+    three events (accepted, attempt started, settled) and the other variants log none; the
+    report prints the medians and their ratios, and the throwaway database is gone afterwards."""
     from orchestrator.dev.benchmarks import floor
 
     args = bench_args("--only", "floor", "--charges", "40", "--repeat", "2")
@@ -133,18 +134,24 @@ def test_floor_benchmark_runs_both_variants_in_alternating_rounds(
     assert out.startswith("== durability floor: one thread, 40 jobs per round, 2 round(s)")
     variants = {str(v) for v in floor.Variant}
     rows = [line.split() for line in out.splitlines()]
-    rounds = [r for r in rows if len(r) == 7 and r[0].isdigit() and r[1] in variants]
+    rounds = [r for r in rows if len(r) == 8 and r[0].isdigit() and r[1] in variants]
     assert [(r[0], r[1], r[2]) for r in rounds] == [
         ("1", "floor", "40"),
         ("1", "orchestrator", "40"),
+        ("1", "orchestrator-info", "40"),
+        ("2", "orchestrator-info", "40"),
         ("2", "orchestrator", "40"),
         ("2", "floor", "40"),
     ]
     wal = {(r[0], r[1]): int(r[6]) for r in rounds}
+    log_lines = {(r[0], r[1]): float(r[7]) for r in rounds}
     for round_ in ("1", "2"):
         assert 0 < wal[(round_, "floor")] < wal[(round_, "orchestrator")], wal
+        assert log_lines[(round_, "orchestrator-info")] == 3.0, log_lines
+        assert log_lines[(round_, "orchestrator")] == log_lines[(round_, "floor")] == 0.0
     for label in ("postgresql CPU", "client CPU", "WAL", "wall"):
         assert f"{label} per job, medians: orchestrator " in out, label
+    assert "logging at info, medians: 3.0 lines per job, client CPU per job " in out
     assert_dropped(f"orchestrator_bench_floor_{os.getpid()}")
 
 

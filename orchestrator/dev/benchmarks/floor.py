@@ -11,6 +11,9 @@ database, in two variants that commit the same three times per job:
   same three commits with everything they write: the job row and its indexes, three
   transitions, the attempt and the settlement, and the client code around them (validation,
   the message sent to Redis, the executor's decisions).
+* ``orchestrator-info``: the same jobs logging what a deployment logs by default
+  (``ORCHESTRATOR_LOG_LEVEL=info``: a job's events, rendered as JSON and redacted) into a sink
+  that counts the lines. The other variants log at warning, as every benchmark does.
 
 The rounds alternate between the two. Each round prints, per job, the CPU time of PostgreSQL
 (every local ``postgres`` process) and of this process (all its threads), read from ``/proc``,
@@ -24,12 +27,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import io
+import logging
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+import structlog
 
 from orchestrator.api import Orchestrator
 from orchestrator.db.bench import FloorJobs
@@ -42,6 +50,7 @@ from orchestrator.dev.benchmarks.burndown import (
 )
 from orchestrator.dev.benchmarks.noop_provider import NOOP_PROVIDER, NoopProvider
 from orchestrator.dev.benchmarks.support import BenchError
+from orchestrator.logs import configure_logging
 from orchestrator.models import JobState
 
 DEFAULT_JOBS = 2000
@@ -54,6 +63,7 @@ WARM_UP_JOBS = 50
 class Variant(StrEnum):
     FLOOR = "floor"
     ORCHESTRATOR = "orchestrator"
+    ORCHESTRATOR_INFO = "orchestrator-info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,7 @@ class Round:
     postgresql_us: float  # CPU per job, every local postgres process
     client_us: float  # CPU per job, this process (all its threads)
     wal_bytes: float  # WAL written per job
+    log_lines: float  # lines logged per job
 
     @property
     def wall_us(self) -> float:
@@ -117,17 +128,24 @@ def measure(database_url: str, redis_url: str, jobs: int, rounds: int) -> Report
         run_job: dict[Variant, Callable[[str], None]] = {
             Variant.FLOOR: floor_job,
             Variant.ORCHESTRATOR: orchestrator_job,
+            Variant.ORCHESTRATOR_INFO: orchestrator_job,
         }
         flush = orch.dispatcher.flush
+        sink = LineCounter()
         for variant, job in run_job.items():
-            _jobs(job, f"{tag}-warm-{variant}", WARM_UP_JOBS)
+            with _logging(variant, sink):
+                _jobs(job, f"{tag}-warm-{variant}", WARM_UP_JOBS)
         flush()
         results = []
         for round_ in range(rounds):
             order = list(Variant) if round_ % 2 == 0 else list(reversed(Variant))
             for variant in order:
                 prefix = f"{tag}-{round_}-{variant}"
-                results.append(_round(variant, run_job[variant], prefix, jobs, floor, flush))
+                lines_before = sink.lines
+                with _logging(variant, sink):
+                    result = _round(variant, run_job[variant], prefix, jobs, floor, flush)
+                log_lines = (sink.lines - lines_before) / jobs
+                results.append(dataclasses.replace(result, log_lines=log_lines))
         machine = support.machine_summary(world.settings.database_url, world.client)
     return Report(jobs, machine, tuple(results))
 
@@ -155,7 +173,41 @@ def _round(
         used.get(cpu.POSTGRESQL, 0.0) * 1000,
         used.get(cpu.DRIVER, 0.0) * 1000,
         wal / jobs,
+        0.0,
     )
+
+
+class LineCounter(io.TextIOBase):
+    """A text stream that keeps nothing but the number of lines written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines = 0
+
+    def write(self, text: str) -> int:
+        self.lines += text.count("\n")
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _logging(variant: Variant, sink: LineCounter) -> Iterator[None]:
+    """For ``orchestrator-info``, logging configured as a deployment's (JSON, redacted, at
+    info) into ``sink``, and put back as it was after; the other variants log as they do."""
+    if variant is not Variant.ORCHESTRATOR_INFO:
+        yield
+        return
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    configure_logging("json", "info", stream=sink)
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _jobs(job: Callable[[str], None], prefix: str, n: int) -> None:
@@ -168,7 +220,7 @@ def _jobs(job: Callable[[str], None], prefix: str, n: int) -> None:
 
 def render(report: Report) -> str:
     headers = ["round", "variant", "jobs", "wall µs/job", "postgresql µs/job",
-               "client µs/job", "WAL bytes/job"]  # fmt: skip
+               "client µs/job", "WAL bytes/job", "log lines/job"]  # fmt: skip
     rows = [
         [
             str(i // len(Variant) + 1),
@@ -178,6 +230,7 @@ def render(report: Report) -> str:
             f"{r.postgresql_us:.0f}",
             f"{r.client_us:.0f}",
             f"{r.wal_bytes:.0f}",
+            f"{r.log_lines:.1f}",
         ]
         for i, r in enumerate(report.rounds)
     ]
@@ -191,7 +244,21 @@ def render(report: Report) -> str:
     )
     for label, pick in figures:
         lines.append(_compare(label, [pick(r) for r in orch], [pick(r) for r in floor]))
+    lines.append(_logging_cost(orch, report.of(Variant.ORCHESTRATOR_INFO)))
     return "\n".join(lines)
+
+
+def _logging_cost(quiet: Sequence[Round], info: Sequence[Round]) -> str:
+    """What logging at info adds to an orchestrator job: client CPU, medians."""
+    q = statistics.median(r.client_us for r in quiet)
+    i = statistics.median(r.client_us for r in info)
+    lines = statistics.median(r.log_lines for r in info)
+    return (
+        f"logging at info, medians: {lines:.1f} lines per job, client CPU per job {i:,.0f} "
+        f"against {q:,.0f} at warning: {i - q:+,.0f} µs, {(i - q) / lines:+,.0f} µs per line"
+        if lines > 0
+        else "logging at info: no line logged"
+    )
 
 
 def _compare(label: str, orch: Sequence[float], floor: Sequence[float]) -> str:
