@@ -7,8 +7,18 @@ import json
 import logging
 
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from orchestrator.logs import configure_logging, get_logger, make_handler, redact_text
+from orchestrator.logs import (
+    _PAN_RE,
+    _SECRET_VALUE_RES,
+    _mask_pan,
+    configure_logging,
+    get_logger,
+    make_handler,
+    redact_text,
+)
 
 SECRET = "sk_test_51HsecretKEYvalue0123456789"
 PAN = "4242424242424242"
@@ -89,3 +99,40 @@ def test_sendgrid_client_payload_logging_is_silenced_even_at_debug() -> None:
         assert not logging.getLogger("python_http_client.client").isEnabledFor(logging.DEBUG)
     finally:
         configure_logging("json", "info")
+
+
+def _every_pattern(text: str) -> str:
+    """What redact_text did before it skipped strings that cannot match: every pattern, always."""
+    for pattern in _SECRET_VALUE_RES:
+        text = pattern.sub("[redacted]", text)
+    return _PAN_RE.sub(_mask_pan, text)
+
+
+# Pieces that make up near-misses and hits of every pattern: key prefixes in both cases,
+# digits of two scripts, separators, URL parts.
+_PIECES = [
+    "sk_", "SK_", "rk_", "pk_", "_test_", "_TEST_", "_live_", "whsec_", "WHSEC_", "pi_",
+    "seti_", "_secret_", "_Secret_", "SG.", "sg.", "Bearer ", "BEARER\t", "bearer  ", "://",
+    "user", ":", "@", "pw", "4242", "4242 ", "4242-", "0", "9", "\u0664\u0662", "\uff14\uff12",
+    " ", "-", "abcdEFGH", "x", "/", "=", "_",
+]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=24).map("".join))
+def test_skipping_strings_without_markers_redacts_the_same(text: str) -> None:
+    """The shortcut (no marker and fewer than 13 ASCII digits: nothing to run) never keeps
+    what running every pattern would redact."""
+    assert redact_text(text) == _every_pattern(text)
+
+
+def test_card_numbers_in_other_scripts_and_secrets_in_any_case_are_redacted() -> None:
+    arabic_indic = "".join(chr(0x0660 + int(d)) for d in PAN)
+    thirteen_digits = "card 4222222222222 ok"  # the shortest card number (Luhn-valid)
+    for text in (
+        f"card {arabic_indic}",
+        thirteen_digits,
+        "auth BEARER abcdefgh12345678",
+        f"key {SECRET}",
+    ):
+        assert redact_text(text) == _every_pattern(text) != text
