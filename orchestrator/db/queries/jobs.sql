@@ -2,6 +2,12 @@
 -- retention (orchestrator.db.store.Store).
 -- Parameters are always bound (%(name)s), never formatted in. Each state change checks the
 -- state it expects in its WHERE clause: no row back means another process got there first.
+-- A statement that names its job by id compares the state as text, so that only the primary
+-- key can find the row. Compared as the enum, the state lets the planner read a partial index
+-- (jobs_due_idx, jobs_running_lease_idx) or a range of jobs_state_created_idx instead, which
+-- looks small beside finished history, and walk every entry in it for each statement: every
+-- due job, and every dead entry left by the jobs moved since the last vacuum
+-- (tests/integration/test_plans.py).
 
 -- name: insert_job
 -- Insert-or-get, step 1: a conflict on the key returns nothing (then job_by_key).
@@ -55,7 +61,7 @@ SET state = CASE WHEN deadline_at <= now() THEN 'dead'::job_state
                          THEN 'claim refused: past the retry horizon, no key is sent after it'
                          ELSE 'claimed for attempt ' || (attempts + 1) END
 WHERE id = %(id)s
-  AND state IN ('pending', 'retrying')
+  AND state::text IN ('pending', 'retrying')
   AND next_attempt_at <= now()
   AND attempts < max_attempts
   AND CASE WHEN provider = ANY(%(keyed_providers)s::text[])
@@ -75,7 +81,7 @@ UPDATE jobs
 SET lease_owner = %(owner)s,
     lease_expires_at = now() + make_interval(secs => %(lease_s)s)
 WHERE id = %(id)s
-  AND state IN ('unknown', 'processing')
+  AND state::text IN ('unknown', 'processing')
   AND next_attempt_at <= now()
   AND (lease_expires_at IS NULL OR lease_expires_at < now())
 RETURNING *, now() AS db_now;
@@ -142,7 +148,7 @@ SET state = %(to_state)s,
     changed_by = %(owner)s::text,
     change_reason = %(reason)s
 WHERE id = %(id)s
-  AND state = %(from_state)s
+  AND state::text = %(from_state)s::job_state::text
   AND lease_owner IS NOT DISTINCT FROM %(lease_owner)s
   AND (SELECT setting FROM async_commit) = 'off'
 RETURNING state, last_error_code;
@@ -158,7 +164,7 @@ SET lease_owner = NULL,
     dispatched_at = CASE WHEN %(broker_carries)s::boolean
                          THEN now() + make_interval(secs => %(delay_s)s)
                          ELSE LEAST(dispatched_at, now()) END
-WHERE id = %(id)s AND lease_owner = %(owner)s AND state IN ('unknown', 'processing')
+WHERE id = %(id)s AND lease_owner = %(owner)s AND state::text IN ('unknown', 'processing')
 RETURNING *;
 
 -- name: expire_leases
@@ -257,7 +263,7 @@ UPDATE jobs
 SET refunded_amount = refunded_amount + %(amount)s
 WHERE id = %(id)s
   AND kind = 'charge'
-  AND state = 'succeeded'
+  AND state::text = 'succeeded'
   AND refunded_amount + %(amount)s <= COALESCE(captured_amount, amount)
 RETURNING *;
 
@@ -347,7 +353,7 @@ UPDATE jobs
 SET capture_reserved = %(amount)s
 WHERE id = %(id)s
   AND kind = 'charge'
-  AND state = 'succeeded'
+  AND state::text = 'succeeded'
   AND captured_amount = 0
   AND capture_reserved = 0
   AND %(amount)s <= amount
@@ -382,8 +388,8 @@ SET state = 'cancelled',
     changed_by = %(actor)s,
     change_reason = %(reason)s
 WHERE id = %(id)s
-  AND state IN ('pending', 'retrying')
-  AND NOT (state = 'retrying' AND change_reason = %(same_key_reason)s)
+  AND state::text IN ('pending', 'retrying')
+  AND NOT (state::text = 'retrying' AND change_reason = %(same_key_reason)s)
   AND NOT EXISTS (
       SELECT 1 FROM job_attempts a
       WHERE a.job_id = jobs.id AND a.key_generation = jobs.key_generation
@@ -439,4 +445,4 @@ WHERE state IN ('pending', 'retrying', 'unknown', 'processing')
 -- name: due_in
 -- How long until a waiting job is due, by the database's clock (s; negative: overdue).
 SELECT extract(epoch FROM next_attempt_at - now())::float8 AS s
-FROM jobs WHERE id = %(id)s AND state IN ('pending', 'retrying');
+FROM jobs WHERE id = %(id)s AND state::text IN ('pending', 'retrying');

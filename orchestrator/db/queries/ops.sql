@@ -5,6 +5,9 @@
 -- condition, whatever the page.
 -- Parameters are always bound (%(name)s), never formatted in. Each state change checks the
 -- state it expects in its WHERE clause: no row back means another process got there first.
+-- A replay, adoption or discard names its job by id and compares the state as text, so that
+-- only the primary key can find the row, never a scan of the whole DLQ (jobs_dead_created_idx)
+-- per job (queries/jobs.sql says more).
 
 -- name: ops_list_jobs
 SELECT * FROM jobs
@@ -61,7 +64,7 @@ WITH moved AS (
         dead_reason = NULL,
         changed_by = %(actor)s,
         change_reason = %(reason)s
-    WHERE id = %(id)s AND state = 'dead' AND key_generation = %(expected_generation)s
+    WHERE id = %(id)s AND state::text = 'dead' AND key_generation = %(expected_generation)s
       AND attempts + %(budget)s <= 100  -- jobs.max_attempts CHECK
     RETURNING *
 ), audit AS (
@@ -80,7 +83,7 @@ WITH moved AS (
         dead_reason = NULL,
         changed_by = %(actor)s,
         change_reason = %(reason)s
-    WHERE id = %(id)s AND state = 'dead'
+    WHERE id = %(id)s AND state::text = 'dead'
     RETURNING *
 ), audit AS (
     INSERT INTO operator_actions (actor, action, target, reason, details)
@@ -92,7 +95,7 @@ SELECT * FROM moved;
 WITH moved AS (
     UPDATE jobs
     SET state = 'cancelled', changed_by = %(actor)s, change_reason = %(reason)s
-    WHERE id = %(id)s AND state = 'dead'
+    WHERE id = %(id)s AND state::text = 'dead'
     RETURNING *
 ), audit AS (
     INSERT INTO operator_actions (actor, action, target, reason, details)

@@ -2,6 +2,9 @@
 -- job moves they cause (orchestrator.db.store.Store).
 -- Parameters are always bound (%(name)s), never formatted in. Each state change checks the
 -- state it expects in its WHERE clause: no row back means another process got there first.
+-- A statement that names its event (or job) by id compares the status (state) as text, so
+-- that only the primary key can find the row, never a scan of webhook_events_received_idx
+-- (or of a partial index of jobs) walking every entry in it (queries/jobs.sql says more).
 
 -- name: insert_webhook_event
 -- Store a verified event once: a redelivery (same provider and event id) returns no row.
@@ -25,7 +28,7 @@ UPDATE webhook_events
 SET attempts = attempts + 1,
     lease_expires_at = now() + make_interval(secs => %(lease_s)s)
 WHERE id = %(id)s
-  AND status = 'received'
+  AND status::text = 'received'
   AND (lease_expires_at IS NULL OR lease_expires_at < now())
 RETURNING *;
 
@@ -37,7 +40,7 @@ SET status = %(status)s::webhook_status,
     last_error = NULL,
     lease_expires_at = NULL,
     processed_at = now()
-WHERE id = %(id)s AND status = 'received'
+WHERE id = %(id)s AND status::text = 'received'
 RETURNING *;
 
 -- name: release_webhook_event
@@ -50,7 +53,7 @@ SET last_error = %(error)s,
     status = CASE WHEN attempts >= %(max_attempts)s
                   THEN 'failed'::webhook_status ELSE status END,
     processed_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END
-WHERE id = %(id)s AND status = 'received'
+WHERE id = %(id)s AND status::text = 'received'
 RETURNING *;
 
 -- name: stale_webhook_events
@@ -128,7 +131,7 @@ SET state = %(to_state)s::job_state,
     changed_by = %(changed_by)s,
     change_reason = %(reason)s
 WHERE id = %(id)s
-  AND state = ANY(%(from_states)s::job_state[])
+  AND state::text = ANY(%(from_states)s::job_state[]::text[])
   AND (provider_ref IS NULL OR provider_ref = %(provider_ref)s)
 RETURNING *;
 
