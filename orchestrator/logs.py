@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
@@ -135,17 +135,18 @@ _SHARED: list[Processor] = [
 ]
 
 
-def make_handler(stream: Stream, fmt: str = "auto") -> logging.Handler:
-    """A stdlib handler rendering every record (ours and libraries') through the pipeline."""
+def make_handler(stream: Stream | None, fmt: str = "auto") -> logging.Handler:
+    """A stdlib handler rendering every record (ours and libraries') through the pipeline, to
+    ``stream``; None: to whatever ``sys.stderr`` is when a record is written."""
     renderer: Processor
-    if _use_json(fmt, stream):
+    if _use_json(fmt, sys.stderr if stream is None else stream):
         tracebacks: Processor = structlog.processors.ExceptionRenderer(
             ExceptionDictTransformer(show_locals=False)
         )
         renderer = structlog.processors.JSONRenderer()
     else:
         tracebacks = structlog.processors.format_exc_info
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=_use_colors(stream))
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
         processors=[
@@ -155,9 +156,27 @@ def make_handler(stream: Stream, fmt: str = "auto") -> logging.Handler:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     return handler
+
+
+def _use_colors(stream: Stream | None) -> bool:
+    return (sys.stderr if stream is None else stream).isatty()
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to ``sys.stderr`` as it is when each record is written, not as it was when
+    logging was configured: a stream swapped in meanwhile (by an embedding application, or a
+    test's capture that is closed later) never leaves the handler writing to a closed file."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: Stream | None = None) -> None:
@@ -174,7 +193,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: Stream | N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = make_handler(sys.stderr if stream is None else stream, fmt)
+    handler = make_handler(stream, fmt)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

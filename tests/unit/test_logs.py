@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
+import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -136,3 +138,23 @@ def test_card_numbers_in_other_scripts_and_secrets_in_any_case_are_redacted() ->
         f"key {SECRET}",
     ):
         assert redact_text(text) == _every_pattern(text) != text
+
+
+def test_logging_to_stderr_follows_the_stderr_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Configured without a stream, records go to sys.stderr as it is when each one is written:
+    a stderr swapped in later gets them, and one closed since is never written to."""
+    configure_logging("json", "info")
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        get_logger("test").info("job.accepted", job_id="job-1")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        get_logger("test").info("job.settled", job_id="job-1")
+        lines = [json.loads(line) for line in second.getvalue().splitlines()]
+        assert [line["event"] for line in lines] == ["job.settled"]
+    finally:
+        monkeypatch.undo()
+        configure_logging("json", "info")
