@@ -47,20 +47,13 @@ _ENOUGH_DIGITS_RE = re.compile(r"(?:[^0-9]*[0-9]){13}")
 
 
 def redact_text(text: str) -> str:
-    if not text.isascii():
-        return _redact_all(text)
-    if any(map(text.lower().__contains__, _SECRET_MARKERS)):
+    ascii_only = text.isascii()
+    if not ascii_only or any(map(text.lower().__contains__, _SECRET_MARKERS)):
         for pattern in _SECRET_VALUE_RES:
             text = pattern.sub(REDACTED, text)
-    if _ENOUGH_DIGITS_RE.match(text):
+    if not ascii_only or _ENOUGH_DIGITS_RE.match(text):
         text = _PAN_RE.sub(_mask_pan, text)
     return text
-
-
-def _redact_all(text: str) -> str:
-    for pattern in _SECRET_VALUE_RES:
-        text = pattern.sub(REDACTED, text)
-    return _PAN_RE.sub(_mask_pan, text)
 
 
 def _mask_pan(match: re.Match[str]) -> str:

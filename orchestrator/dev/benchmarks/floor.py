@@ -1,7 +1,7 @@
 """What a job's durability costs at the least, beside what the orchestrator's job costs.
 
 ``scripts/bench --only floor`` runs jobs one after another from one thread, on a throwaway
-database, in two variants that commit the same three times per job:
+database, in three variants that commit the same three times per job:
 
 * ``floor``: three statements and nothing else. A bare row whose key is unique is inserted
   with the WAL flush, then claimed and settled by primary key with asynchronous commits, as
@@ -15,7 +15,7 @@ database, in two variants that commit the same three times per job:
   (``ORCHESTRATOR_LOG_LEVEL=info``: a job's events, rendered as JSON and redacted) into a sink
   that counts the lines. The other variants log at warning, as every benchmark does.
 
-The rounds alternate between the two. Each round prints, per job, the CPU time of PostgreSQL
+The rounds alternate the variants' order. Each round prints, per job, the CPU time of PostgreSQL
 (every local ``postgres`` process) and of this process (all its threads), read from ``/proc``,
 and the WAL written. Nothing else runs: these are the statements' own costs, without the
 contention of the charges benchmark, where workers, the simulator and PostgreSQL share the
