@@ -132,14 +132,15 @@ def make_handler(stream: Stream | None, fmt: str = "auto") -> logging.Handler:
     """A stdlib handler rendering every record (ours and libraries') through the pipeline, to
     ``stream``; None: to whatever ``sys.stderr`` is when a record is written."""
     renderer: Processor
-    if _use_json(fmt, sys.stderr if stream is None else stream):
+    target = sys.stderr if stream is None else stream  # what auto format and colours look at
+    if _use_json(fmt, target):
         tracebacks: Processor = structlog.processors.ExceptionRenderer(
             ExceptionDictTransformer(show_locals=False)
         )
         renderer = structlog.processors.JSONRenderer()
     else:
         tracebacks = structlog.processors.format_exc_info
-        renderer = structlog.dev.ConsoleRenderer(colors=_use_colors(stream))
+        renderer = structlog.dev.ConsoleRenderer(colors=target.isatty())
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
         processors=[
@@ -152,10 +153,6 @@ def make_handler(stream: Stream | None, fmt: str = "auto") -> logging.Handler:
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     return handler
-
-
-def _use_colors(stream: Stream | None) -> bool:
-    return (sys.stderr if stream is None else stream).isatty()
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
