@@ -309,6 +309,37 @@ WHERE id = %s AND state = 'running' AND lease_owner = %s
   AND set_config('synchronous_commit', 'off', true) = 'off'
 RETURNING id
 """
+_FLOOR_SETTLED = "SELECT count(*) FROM bench_floor_jobs WHERE state = 'succeeded'"
+
+
+def create_floor_table(conn: psycopg.Connection[Any]) -> None:
+    """The floor's own table (if it is not there yet)."""
+    conn.execute(_FLOOR_TABLE)
+
+
+def floor_insert(conn: psycopg.Connection[Any], key: str) -> int:
+    """Accept one floor job (the WAL flush at commit); its id."""
+    inserted = conn.execute(_FLOOR_INSERT, (key,), prepare=True).fetchone()
+    if inserted is None:
+        raise RuntimeError(f"the floor's insert of {key} returned nothing")
+    return int(inserted[0])
+
+
+def floor_claim(conn: psycopg.Connection[Any], job_id: int, owner: str) -> None:
+    """Claim a pending floor job for ``owner`` (an asynchronous commit)."""
+    if conn.execute(_FLOOR_CLAIM, (owner, job_id), prepare=True).fetchone() is None:
+        raise RuntimeError(f"the floor's job {job_id} was not claimed")
+
+
+def floor_settle(conn: psycopg.Connection[Any], job_id: int, owner: str) -> None:
+    """Settle a floor job held by ``owner`` (an asynchronous commit)."""
+    if conn.execute(_FLOOR_SETTLE, (job_id, owner), prepare=True).fetchone() is None:
+        raise RuntimeError(f"the floor's job {job_id} was not settled")
+
+
+def count_floor_settled(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(_FLOOR_SETTLED).fetchone()
+    return int(row[0]) if row else 0
 
 
 class FloorJobs:
@@ -316,18 +347,13 @@ class FloorJobs:
 
     def __init__(self, url: str) -> None:
         self._conn = psycopg.connect(url, autocommit=True)
-        self._conn.execute(_FLOOR_TABLE)
+        create_floor_table(self._conn)
 
     def run(self, key: str, owner: str) -> None:
         """Insert, claim and settle one job: three statements, three commits."""
-        inserted = self._conn.execute(_FLOOR_INSERT, (key,), prepare=True).fetchone()
-        if inserted is None:
-            raise RuntimeError(f"the floor's insert of {key} returned nothing")
-        job_id = inserted[0]
-        claimed = self._conn.execute(_FLOOR_CLAIM, (owner, job_id), prepare=True).fetchone()
-        settled = self._conn.execute(_FLOOR_SETTLE, (job_id, owner), prepare=True).fetchone()
-        if claimed is None or settled is None:
-            raise RuntimeError(f"the floor's job {job_id} was not claimed and settled")
+        job_id = floor_insert(self._conn, key)
+        floor_claim(self._conn, job_id, owner)
+        floor_settle(self._conn, job_id, owner)
 
     def wal_bytes(self) -> int:
         """The WAL position so far, in bytes."""

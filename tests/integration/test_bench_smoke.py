@@ -17,8 +17,8 @@ SMOKE_CHARGES = 30
 
 def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     """30 charges (15 at 50 ms) with 1 worker process x 2 threads: every variant finishes
-    every job at both latencies, the report prints a positive rate and both ratios, and the
-    throwaway database is gone afterwards."""
+    every job at both latencies (the floor's rows settled in PostgreSQL), the report prints a
+    positive rate and the ratios, and the throwaway database is gone afterwards."""
     args = bench_args("--charges", str(SMOKE_CHARGES), "--processes", "1", "--threads", "2")
     report = charges.measure(charges.config_from_args(args))
 
@@ -41,6 +41,10 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     text = charges.render(report)
     assert "orchestrator/naive" in text
     assert "orchestrator/noop" in text
+    floor = report.result(charges.Variant.FLOOR, 0.0)
+    naive = report.result(charges.Variant.NAIVE, 0.0)
+    assert f"floor/naive {floor.rate / naive.rate:.2f}" in text
+    assert "floor enqueue p99" in text and "naive enqueue p99" in text
     assert "orch.charge() p99" in text
     assert "CPU per job (ms) over each drain" in text
     assert "0 ms: naive/orchestrator CPU per job" in text

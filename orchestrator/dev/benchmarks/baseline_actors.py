@@ -7,6 +7,10 @@ from the environment, set by the benchmark: ``REDIS_URL``, ``BENCH_REDIS_NAMESPA
 * ``bench_naive_charge``: what an application does without the orchestrator. One stripe SDK
   call (``StripeClient`` + ``payment_intents.create`` with ``confirm`` and an idempotency
   key), nothing persisted, no retry policy, no lookup.
+* ``bench_floor_charge``: the same call between the least a durable job can write: a bare
+  row (inserted by the driver) claimed before the call and settled after it, each in its own
+  commit (``orchestrator.db.bench``'s floor statements), on a connection per worker thread.
+  ``DATABASE_URL`` names the database.
 * ``bench_noop``: no work at all; the cost of dramatiq itself.
 
 ``BENCH_NAIVE_HTTP=orchestrator`` gives the naive actor the HTTP client the orchestrator
@@ -19,14 +23,19 @@ Both count completions with ``INCR <namespace>:bench:done``, which the benchmark
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 import dramatiq
+import psycopg
 import redis
 import stripe
 from dramatiq.brokers.redis import RedisBroker
 
 from orchestrator.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE
-from orchestrator.dev.benchmarks.charges import (
+from orchestrator.db.bench import floor_claim, floor_settle
+from orchestrator.dev.benchmarks.charges_measure import (
+    FLOOR_ACTOR,
     NAIVE_ACTOR,
     NAIVE_HTTP_ENV,
     NAMESPACE_ENV,
@@ -67,9 +76,10 @@ _stripe = stripe.StripeClient(
 )
 
 
-@dramatiq.actor(actor_name=NAIVE_ACTOR, queue_name=os.environ[QUEUE_ENV], max_retries=0)
-def naive_charge(amount: int, currency: str, payment_method: str, key: str) -> None:
-    """Charge through the SDK with the caller's key; nothing recorded anywhere."""
+_local = threading.local()
+
+
+def _charge(amount: int, currency: str, payment_method: str, key: str) -> None:
     _stripe.v1.payment_intents.create(
         {
             "amount": amount,
@@ -83,7 +93,33 @@ def naive_charge(amount: int, currency: str, payment_method: str, key: str) -> N
         },
         options={"idempotency_key": key},
     )
+
+
+@dramatiq.actor(actor_name=NAIVE_ACTOR, queue_name=os.environ[QUEUE_ENV], max_retries=0)
+def naive_charge(amount: int, currency: str, payment_method: str, key: str) -> None:
+    """Charge through the SDK with the caller's key; nothing recorded anywhere."""
+    _charge(amount, currency, payment_method, key)
     _redis.incr(_done_key)
+
+
+@dramatiq.actor(actor_name=FLOOR_ACTOR, queue_name=os.environ[QUEUE_ENV], max_retries=0)
+def floor_charge(amount: int, currency: str, payment_method: str, key: str, job_id: int) -> None:
+    """The naive call, claimed before and settled after in the floor's bare row."""
+    conn = _connection()
+    owner = f"{os.getpid()}-{threading.current_thread().name}"
+    floor_claim(conn, job_id, owner)
+    _charge(amount, currency, payment_method, key)
+    floor_settle(conn, job_id, owner)
+    _redis.incr(_done_key)
+
+
+def _connection() -> psycopg.Connection[Any]:
+    """This worker thread's autocommit connection (opened on its first job)."""
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+        _local.conn = conn
+    return conn
 
 
 @dramatiq.actor(actor_name=NOOP_ACTOR, queue_name=os.environ[QUEUE_ENV], max_retries=0)
