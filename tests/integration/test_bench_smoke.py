@@ -44,12 +44,15 @@ def test_charges_benchmark_reports_a_rate_for_every_variant() -> None:
     floor = report.result(charges.Variant.FLOOR, 0.0)
     naive = report.result(charges.Variant.NAIVE, 0.0)
     assert f"floor/naive {floor.rate / naive.rate:.2f}" in text
+    assert f"orchestrator/floor {orch.rate / floor.rate:.2f}" in text
     assert "floor enqueue p99" in text and "naive enqueue p99" in text
     assert "orch.charge() p99" in text
     assert "CPU per job (ms) over each drain" in text
     assert "0 ms: naive/orchestrator CPU per job" in text
     summary = charges.render_summary([report, report])
     assert summary.startswith("== over 2 runs")
+    above = orch.rate / floor.rate
+    assert f"orchestrator/floor {above:.2f} ({above:.2f}-{above:.2f})" in summary
     ratio = (
         report.result(charges.Variant.ORCHESTRATOR, 0.0).rate
         / report.result(charges.Variant.NAIVE, 0.0).rate

@@ -150,14 +150,15 @@ def _ratio_lines(report: Report) -> list[str]:
         naive = report.result(Variant.NAIVE, latency)
         vs_naive = orch.rate / naive.rate
         vs_noop = orch.rate / report.result(Variant.NOOP, latency).rate
-        floor = report.result(Variant.FLOOR, latency).rate / naive.rate
+        floor = report.result(Variant.FLOOR, latency)
         target = TARGET_SHARE_OF_NAIVE.get(latency)
         verdict = (
             "" if target is None else f"  (target >= {target:.2f}: {_verdict(vs_naive >= target)})"
         )
         lines.append(
             f"{latency:g} ms: orchestrator/naive {vs_naive:.2f}{verdict}   "
-            f"floor/naive {floor:.2f}   orchestrator/noop {vs_noop:.2f}"
+            f"floor/naive {floor.rate / naive.rate:.2f}   orchestrator/floor "
+            f"{orch.rate / floor.rate:.2f}   orchestrator/noop {vs_noop:.2f}"
         )
     p99s = [report.result(Variant.ORCHESTRATOR, s.latency_ms).enqueue_pct_ms(99)
             for s in report.config.scenarios]  # fmt: skip
@@ -190,9 +191,13 @@ def render_summary(reports: Sequence[Report]) -> str:
             r.result(Variant.FLOOR, latency).rate / r.result(Variant.NAIVE, latency).rate
             for r in reports
         ]
+        above = [
+            r.result(Variant.ORCHESTRATOR, latency).rate / r.result(Variant.FLOOR, latency).rate
+            for r in reports
+        ]
         lines.append(
             f"{latency:g} ms: orchestrator/naive {_spread(ratios, '.2f')}{verdict}   "
-            f"floor/naive {_spread(floors, '.2f')}"
+            f"floor/naive {_spread(floors, '.2f')}   orchestrator/floor {_spread(above, '.2f')}"
         )
     for scenario in first.config.scenarios:
         p99s = [
