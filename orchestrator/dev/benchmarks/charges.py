@@ -36,7 +36,7 @@ TARGET_ENQUEUE_P99_MS = 2.0
 FLOOR_NOTE = (
     "floor: the naive call with a bare row inserted before the enqueue, claimed before the call "
     "and settled after (three commits, nothing else): what any design that records a job "
-    "before and after the call keeps at the most on this machine"
+    "before and after the call reaches at the most on this machine"
 )
 
 

@@ -309,11 +309,7 @@ def _orchestrator_driver(env: _Env, namespace: str) -> Iterator[_Driver]:
 
 @contextmanager
 def _baseline_driver(env: _Env, namespace: str, actor: str) -> Iterator[_Driver]:
-    counter = done_key(namespace)
-
-    def finished() -> int:
-        return int(env.redis.get(counter) or 0)
-
+    finished = _done_count(env, namespace)
     with _baseline_broker(env, namespace) as broker:
 
         def enqueue(key: str) -> None:
@@ -328,11 +324,7 @@ def _baseline_driver(env: _Env, namespace: str, actor: str) -> Iterator[_Driver]
 @contextmanager
 def _floor_driver(env: _Env, namespace: str) -> Iterator[_Driver]:
     """Insert the bare row (a commit with the WAL flush), then enqueue its charge."""
-    counter = done_key(namespace)
-
-    def finished() -> int:
-        return int(env.redis.get(counter) or 0)
-
+    finished = _done_count(env, namespace)
     with (
         psycopg.connect(env.database_url, autocommit=True) as conn,
         _baseline_broker(env, namespace) as broker,
@@ -346,6 +338,12 @@ def _floor_driver(env: _Env, namespace: str) -> Iterator[_Driver]:
 
         # Succeeded: settled in PostgreSQL, not only counted by the actor.
         yield _Driver(enqueue, finished, lambda: count_floor_settled(conn), _broker_id(broker))
+
+
+def _done_count(env: _Env, namespace: str) -> Callable[[], int]:
+    """How many messages the baseline actors finished (their Redis counter)."""
+    counter = done_key(namespace)
+    return lambda: int(env.redis.get(counter) or 0)
 
 
 @contextmanager
